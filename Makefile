@@ -1,0 +1,55 @@
+# vaultsync: `make demo` runs the main job against a local real server; `make test` passes the tests.
+# Both install what they need first (idempotent: a second run does nothing it already did).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CACHE  := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/vaultsync
+# The pinned server (tools/vault/go.mod); built once per machine, shared by every clone.
+SERVER_VERSION := vault-v1.14.1
+SERVER := $(CACHE)/$(SERVER_VERSION)/vault
+PYTEST_ARGS ?=
+
+.PHONY: install server system-deps demo test bench clean
+
+install: $(VENV)/.installed server
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# Skip the build when a bao/vault binary is on PATH or the pinned one is already built.
+server:
+	@if command -v bao >/dev/null || command -v vault >/dev/null; then \
+		echo "server: using $$(command -v bao || command -v vault)"; \
+	elif [ -x "$(SERVER)" ]; then \
+		echo "server: using $(SERVER)"; \
+	else \
+		echo "server: building $(SERVER_VERSION) from the Go module proxy (once per machine, ~5 min)"; \
+		mkdir -p "$(dir $(SERVER))"; \
+		cd tools/vault && go build -trimpath -ldflags '-s -w' -o "$(SERVER).tmp" . && mv "$(SERVER).tmp" "$(SERVER)"; \
+	fi
+
+# PostgreSQL (dynamic database credentials) and Prometheus/promtool (alert rules) from Debian.
+system-deps:
+	@missing=""; \
+	[ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+		echo "system-deps: installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: install
+	@bash scripts/demo.sh
+
+test: install system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/migrate.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,146 @@
+"""Real servers for the tests: one Vault/OpenBao per session, a fresh KV mount per test.
+
+Where the server comes from, in order:
+1. ``VAULTSYNC_TEST_VAULT_ADDR`` + ``VAULTSYNC_TEST_VAULT_TOKEN``: an existing server (root-capable token);
+2. the local binary (``bao``/``vault`` on PATH, or the one ``make install`` builds), started in dev mode
+   on a free loopback port;
+3. testcontainers' Vault container, when a Docker engine answers.
+No server: every test that needs one fails with a message saying how to get one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import hvac
+import pytest
+
+from vaultsync import devserver
+from vaultsync.errors import VaultsyncError
+
+pytest_plugins = ["tests.fixtures_servers"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Server:
+    addr: str
+    token: str
+    origin: str
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "no engine"
+        return False
+
+
+@pytest.fixture(scope="session")
+def vault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    addr, token = os.environ.get("VAULTSYNC_TEST_VAULT_ADDR"), os.environ.get("VAULTSYNC_TEST_VAULT_TOKEN")
+    if addr and token:
+        yield Server(addr, token, "VAULTSYNC_TEST_VAULT_ADDR")
+        return
+    binary_error = ""
+    try:
+        binary = devserver.find_server_binary()
+    except VaultsyncError as exc:
+        binary, binary_error = None, str(exc)
+    if binary:
+        server = devserver.start(state_dir=tmp_path_factory.mktemp("vault"), binary=binary)
+        try:
+            yield Server(server.addr, server.token, binary)
+        finally:
+            server.stop()
+        return
+    if _docker_answers():
+        from testcontainers.community.vault import VaultContainer
+
+        token = uuid.uuid4().hex
+        with VaultContainer("hashicorp/vault:1.14.1", root_token=token) as container:
+            yield Server(container.get_connection_url(), token, "testcontainers")
+        return
+    pytest.fail(
+        "no Vault/OpenBao server for the tests: set VAULTSYNC_TEST_VAULT_ADDR and VAULTSYNC_TEST_VAULT_TOKEN, "
+        f"or run `make install` to build the local server ({binary_error}), or start a Docker engine",
+        pytrace=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def root(vault_server: Server) -> hvac.Client:
+    """A root-token client (for setting up and inspecting; the code under test builds its own)."""
+    return hvac.Client(url=vault_server.addr, token=vault_server.token)
+
+
+def _mount(root: hvac.Client, version: int) -> Iterator[str]:
+    path = f"t{version}-{uuid.uuid4().hex[:10]}"
+    root.sys.enable_secrets_engine("kv", path=path, options={"version": str(version)})
+    try:
+        yield path
+    finally:
+        root.sys.disable_secrets_engine(path)
+
+
+@pytest.fixture
+def kv2(root: hvac.Client) -> Iterator[str]:
+    """A fresh KV v2 mount, removed after the test."""
+    yield from _mount(root, 2)
+
+
+@pytest.fixture
+def kv1(root: hvac.Client) -> Iterator[str]:
+    yield from _mount(root, 1)
+
+
+@pytest.fixture(params=[1, 2], ids=["kv1", "kv2"])
+def kv_any(request: pytest.FixtureRequest, root: hvac.Client) -> Iterator[tuple[str, int]]:
+    for mount in _mount(root, request.param):
+        yield mount, request.param
+
+
+@pytest.fixture
+def vault_env(vault_server: Server, tmp_path: Path) -> dict[str, str]:
+    """Environment for running the CLI against the test server (no inherited VAULT_*)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    env.update(VAULT_ADDR=vault_server.addr, VAULT_TOKEN=vault_server.token, HOME=str(tmp_path))
+    return env
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path | str | None = None, timeout: float = 120) -> Result:
+    """Run ``python -m vaultsync ARGS`` as a real process; exit code, stdout, stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "vaultsync", *args], env=env, cwd=cwd or ROOT, capture_output=True, text=True,
+        timeout=timeout,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def cli(vault_env: dict[str, str]):
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | str | None = None) -> Result:
+        return run_cli(*args, env={**vault_env, **(env or {})}, cwd=cwd)
+
+    return run

@@ -1,0 +1,170 @@
+"""Thin Click commands: parse flags, build settings, call the module that does the work."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from vaultsync import __version__, config, devserver
+from vaultsync import logging as vlog
+from vaultsync.errors import BadInput, ConfigError, VaultsyncError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class State:
+    def __init__(self, config_path: str | None, overrides: dict[str, Any]) -> None:
+        self.config_path, self.overrides = config_path, overrides
+
+    def settings(self, **more: Any) -> config.Settings:
+        return config.load(self.config_path, overrides={**self.overrides, **more})
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map our exceptions to exit codes and a one-line message; no traceback, no locals."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except VaultsyncError as exc:
+            vlog.get_logger().error("command failed", error=vlog.scrub(str(exc)), exit_code=exc.exit_code)
+            click.echo(f"error: {vlog.scrub(str(exc))}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="vaultsync")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Settings file [default: ./vaultsync.toml if present].")
+@click.option("--addr", help="Server address (else VAULT_ADDR / BAO_ADDR).")
+@click.option("--namespace", help="Namespace (else VAULT_NAMESPACE / BAO_NAMESPACE).")
+@click.option("--cacert", type=click.Path(dir_okay=False), help="CA bundle to verify the server (else VAULT_CACERT).")
+@click.option("--tls-skip-verify", is_flag=True, default=None, help="Turn TLS verification off (not for production).")
+@click.option("--log-format", type=click.Choice(["json", "console"]), default="json", show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, addr: str | None, namespace: str | None, cacert: str | None,
+         tls_skip_verify: bool | None, log_format: str, log_level: str) -> None:
+    """Move docker-compose .env secrets into Vault/OpenBao and keep them alive."""
+    vlog.configure(log_format, log_level)
+    ctx.obj = State(config_path, {
+        "vault.addr": addr, "vault.namespace": namespace, "vault.cacert": cacert,
+        "vault.tls_verify": False if tls_skip_verify else None,
+    })
+
+
+# --- migrate ------------------------------------------------------------------------
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("env_files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--service", help="Service name for the secret path [default: the file's folder name].")
+@click.option("--path", "secret_path", help="Full secret path under the mount (overrides --prefix/--service).")
+@click.option("--mount", help="KV mount [default: secret].")
+@click.option("--prefix", help="Path prefix under the mount [default: compose].")
+@click.option("--kv-version", type=click.IntRange(1, 2), help="KV version when the token may not read the mount.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
+@click.option("--prune", is_flag=True, help="Remove keys that are only in Vault.")
+@click.option("--strict", is_flag=True, help="A duplicate key is an error, not a warning.")
+@click.option("--interpolate", is_flag=True, help="Expand ${VAR} as python-dotenv does (off: stored literally).")
+@click.option("--concurrency", type=click.IntRange(1, 64), help="Parallel requests [default: 8].")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("-v", "--verbose", is_flag=True, help="List unchanged keys too.")
+@click.pass_obj
+@handle_errors
+def migrate(state: State, env_files: tuple[str, ...], service: str | None, secret_path: str | None, mount: str | None,
+            prefix: str | None, kv_version: int | None, dry_run: bool, prune: bool, strict: bool, interpolate: bool,
+            concurrency: int | None, output: str, verbose: bool) -> None:
+    """Import ENV_FILES into KV: print a masked plan, then write with check-and-set.
+
+    Exit codes: 0 done, 1 failure, 2 bad input, 3 conflict (someone else wrote first).
+    """
+    from vaultsync import migrate as m
+    from vaultsync.vault import KV, detect_kv_version, make_client
+
+    s = state.settings(**{"kv.mount": mount, "kv.prefix": prefix, "kv.version": kv_version, "migrate.concurrency": concurrency})
+    if env_files:
+        if (service or secret_path) and len(env_files) > 1 and secret_path:
+            raise BadInput("--path names one secret; give one file, or use --service/--prefix")
+        sources = [config.SourceSpec(file=f, service=service, path=secret_path) for f in env_files]
+    else:
+        sources = list(s.migrate.sources)
+        if not sources:
+            raise BadInput("no .env files given, and no [[migrate.sources]] in the config")
+    log = vlog.get_logger()
+    targets = m.build_targets(
+        sources, prefix=s.kv.prefix, strict=strict, interpolate=interpolate, max_secret_bytes=s.migrate.max_secret_bytes,
+        warn=lambda msg: (log.warning("duplicate key", detail=msg), click.echo(f"warning: {msg}", err=True)),
+    )
+    client = make_client(s.vault, pool_size=s.migrate.concurrency)
+    if not client.token:
+        raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), or vault.token_file")
+    version = s.kv.version or detect_kv_version(client, s.kv.mount)
+    kv = KV(client, s.kv.mount, version)
+    the_plan = m.plan(kv, targets, prune=prune, concurrency=s.migrate.concurrency)
+    if output == "text":
+        click.echo(m.plan_as_text(the_plan, verbose=verbose))
+    log.info("migrate planned", mount=kv.mount, kv_version=version, secrets=len(the_plan.secrets), writes=len(the_plan.writes))
+    if dry_run or not the_plan.writes:
+        if output == "json":
+            click.echo(json.dumps({"plan": m.plan_as_dict(the_plan), "dry_run": dry_run, "result": None}, indent=2))
+        elif not the_plan.writes:
+            click.echo("Nothing to write: Vault already holds these values.")
+        return
+    if output == "text" and sys.stderr.isatty():
+        with click.progressbar(length=len(the_plan.writes), label="writing", file=sys.stderr) as bar:
+            outcome = m.apply(kv, the_plan, concurrency=s.migrate.concurrency, progress=lambda _sp: bar.update(1))
+    else:
+        outcome = m.apply(kv, the_plan, concurrency=s.migrate.concurrency)
+    log.info("migrate applied", written=len(outcome.written), conflicts=len(outcome.conflicts), failed=len(outcome.failed))
+    if output == "json":
+        click.echo(json.dumps({
+            "plan": m.plan_as_dict(the_plan), "dry_run": False,
+            "result": {"written": outcome.written, "conflicts": outcome.conflicts,
+                       "failed": [{"path": p, "error": e} for p, e in outcome.failed]},
+            "exit_code": outcome.exit_code,
+        }, indent=2))
+    else:
+        click.echo(f"Wrote {len(outcome.written)} of {len(the_plan.writes)} secrets.")
+        for path in outcome.conflicts:
+            click.echo(f"conflict: {kv.mount}/{path} was changed by someone else after planning; not written. Re-run to see the new plan.", err=True)
+        for path, reason in outcome.failed:
+            click.echo(f"failed: {kv.mount}/{path}: {reason}", err=True)
+        not_written = len(the_plan.writes) - len(outcome.written)
+        if not_written:
+            click.echo(f"{not_written} secrets were NOT written; the others were.", err=True)
+    if outcome.exit_code:
+        sys.exit(outcome.exit_code)
+
+
+# --- dev server -------------------------------------------------------------------------
+
+
+@main.group(context_settings=CONTEXT)
+def dev() -> None:
+    """A local dev-mode server for trying vaultsync out (in memory, root token known)."""
+
+
+@dev.command("up", context_settings=CONTEXT)
+@click.option("--port", type=click.IntRange(1, 65535), help="Loopback port [default: a free one].")
+@handle_errors
+def dev_up(port: int | None) -> None:
+    """Start the dev server (or find the running one) and print its export lines."""
+    server = devserver.up(port)
+    click.echo(f"export VAULT_ADDR={server.addr}")
+    click.echo(f"export VAULT_TOKEN={server.token}")
+    click.echo(f"# server log: {server.log}; stop it with: vaultsync dev down", err=True)
+
+
+@dev.command("down", context_settings=CONTEXT)
+@handle_errors
+def dev_down() -> None:
+    """Stop the dev server started by `dev up`."""
+    click.echo("stopped" if devserver.down() else "no dev server was running")

@@ -1,0 +1,312 @@
+"""Typed settings: defaults, then ``vaultsync.toml``, then environment, then flags.
+
+The file is read with the standard library's ``tomllib``. Unknown keys are an
+error (a typo must not silently fall back to a default), and every error names
+the file and the offending key. Tokens are never read from the file: they come
+from ``VAULT_TOKEN``/``BAO_TOKEN``, a token file, or AppRole.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from vaultsync.errors import ConfigError
+from vaultsync.leases import parse_duration
+
+DEFAULT_CONFIG = "vaultsync.toml"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class VaultSettings:
+    addr: str = "http://127.0.0.1:8200"
+    token: str | None = field(default=None, repr=False)
+    token_file: str | None = None
+    cacert: str | None = None
+    capath: str | None = None
+    namespace: str | None = None
+    tls_verify: bool = True
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class KVSettings:
+    mount: str = "secret"
+    version: int | None = None  # None: detect from the mount
+    prefix: str = "compose"
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One .env file to migrate and where it goes."""
+
+    file: str
+    service: str | None = None
+    path: str | None = None  # secret path under the mount; overrides prefix/service
+    split: Mapping[str, str] = field(default_factory=dict)  # key prefix -> secret path
+    strip_prefix: bool = False
+
+
+@dataclass(frozen=True)
+class MigrateSettings:
+    concurrency: int = 8
+    max_secret_bytes: int = 512 * 1024
+    sources: tuple[SourceSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    method: str = "token"  # token | approle
+    mount: str = "approle"
+    role_name: str | None = None
+    role_id_file: str | None = None
+    secret_id_file: str | None = None
+    secret_id_wrapped: bool = False
+    remove_secret_id_file: bool = False
+
+
+@dataclass(frozen=True)
+class Destination:
+    path: str
+    style: str = "dotenv"  # dotenv | docker | shell | template
+    template: str | None = None  # file holding a string.Template, for style = "template"
+    mode: int = 0o600
+    backup: bool = False
+    command: tuple[str, ...] = ()
+    command_timeout: float = 30.0
+    pidfile: str | None = None
+    signal: str = "HUP"
+    wait_min: float = 0.0
+    wait_max: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+
+@dataclass(frozen=True)
+class RotateSpec:
+    key: str
+    generator: str = "hex"  # hex | base64url | alphanumeric
+    length: int = 32
+    every: float = 86400.0
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    name: str
+    kv_path: str
+    policies: tuple[str, ...] = ()
+    token_ttl: float = 3600.0
+    token_max_ttl: float = 4 * 3600.0
+    token_period: float | None = None
+    secret_id_ttl: float = 0.0
+    secret_id_num_uses: int = 0
+    bound_cidrs: tuple[str, ...] = ()
+    dynamic: Mapping[str, str] = field(default_factory=dict)  # name -> path, e.g. db -> database/creds/api
+    destinations: tuple[Destination, ...] = ()
+    rotate: tuple[RotateSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    poll_interval: float = 60.0
+    metrics_addr: str = "127.0.0.1:9464"
+    revoke_on_exit: bool = False
+    lease_revoke_grace: float = 30.0
+    lock_ttl: float = 60.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    vault: VaultSettings = field(default_factory=VaultSettings)
+    kv: KVSettings = field(default_factory=KVSettings)
+    migrate: MigrateSettings = field(default_factory=MigrateSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    services: Mapping[str, ServiceSettings] = field(default_factory=dict)
+    source: str | None = None  # the file these came from, for messages
+
+
+# --- loading -----------------------------------------------------------------
+
+
+def load(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build settings: defaults < file < environment < ``overrides`` (flags).
+
+    ``path=None`` reads ``./vaultsync.toml`` when it exists. ``overrides`` holds
+    dotted keys such as ``"vault.addr"`` or ``"kv.version"``; ``None`` values are
+    ignored so Click options that were not given do not mask the file.
+    """
+    env = os.environ if env is None else env
+    explicit = path is not None
+    path = Path(path if path is not None else DEFAULT_CONFIG)
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    elif explicit:
+        raise ConfigError(f"{path}: config file not found")
+    settings = _from_dict(raw, str(path), base_dir=path.parent)
+    settings = _apply_env(settings, env)
+    return _apply_overrides(settings, overrides or {})
+
+
+def _from_dict(raw: Mapping[str, Any], src: str, base_dir: Path) -> Settings:
+    _only(raw, {"vault", "kv", "migrate", "auth", "daemon", "services"}, src, "")
+    vault = _section(VaultSettings, raw.get("vault", {}), src, "vault", durations={"timeout"}, forbid={"token"})
+    kv = _section(KVSettings, raw.get("kv", {}), src, "kv")
+    if kv.version not in (None, 1, 2):
+        raise ConfigError(f"{src}: kv.version must be 1 or 2")
+    mig_raw = dict(raw.get("migrate", {}))
+    sources = tuple(
+        _source(item, src, f"migrate.sources[{i}]", base_dir) for i, item in enumerate(mig_raw.pop("sources", []))
+    )
+    migrate = replace(_section(MigrateSettings, mig_raw, src, "migrate"), sources=sources)
+    auth = _section(AuthSettings, raw.get("auth", {}), src, "auth")
+    if auth.method not in ("token", "approle"):
+        raise ConfigError(f"{src}: auth.method must be 'token' or 'approle'")
+    daemon = _section(
+        DaemonSettings, raw.get("daemon", {}), src, "daemon", durations={"poll_interval", "lease_revoke_grace", "lock_ttl"}
+    )
+    services = {
+        name: _service(name, body, src, kv.prefix, base_dir) for name, body in raw.get("services", {}).items()
+    }
+    return Settings(vault=vault, kv=kv, migrate=migrate, auth=auth, daemon=daemon, services=services, source=src)
+
+
+def _source(item: Mapping[str, Any], src: str, where: str, base_dir: Path) -> SourceSpec:
+    spec = _section(SourceSpec, item, src, where)
+    file = spec.file if os.path.isabs(spec.file) else str(base_dir / spec.file)
+    return replace(spec, file=file, split=dict(spec.split))
+
+
+def _service(name: str, body: Mapping[str, Any], src: str, prefix: str, base_dir: Path) -> ServiceSettings:
+    where = f"services.{name}"
+    body = dict(body)
+    dests = tuple(_destination(d, src, f"{where}.destinations[{i}]", base_dir) for i, d in enumerate(body.pop("destinations", [])))
+    rotate = tuple(
+        _section(RotateSpec, r, src, f"{where}.rotate[{i}]", durations={"every"}) for i, r in enumerate(body.pop("rotate", []))
+    )
+    body.setdefault("kv_path", "/".join(p for p in (prefix, name) if p))
+    svc = _section(
+        ServiceSettings,
+        {"name": name, **body},
+        src,
+        where,
+        durations={"token_ttl", "token_max_ttl", "token_period", "secret_id_ttl"},
+    )
+    for r in rotate:
+        if not _ENV_NAME.match(r.key):
+            raise ConfigError(f"{src}: {where}.rotate: key {r.key!r} is not a valid variable name")
+        if r.generator not in ("hex", "base64url", "alphanumeric"):
+            raise ConfigError(f"{src}: {where}.rotate: generator must be hex, base64url or alphanumeric")
+    return replace(svc, destinations=dests, rotate=rotate, dynamic=dict(svc.dynamic))
+
+
+def _destination(item: Mapping[str, Any], src: str, where: str, base_dir: Path) -> Destination:
+    item = dict(item)
+    wait = item.pop("wait", None)
+    if isinstance(wait, Mapping):
+        item["wait_min"], item["wait_max"] = wait.get("min", 0), wait.get("max", wait.get("min", 0))
+    elif wait is not None:
+        item["wait_min"] = item["wait_max"] = wait
+    if isinstance(item.get("mode"), str):
+        try:
+            item["mode"] = int(item["mode"], 8)
+        except ValueError:
+            raise ConfigError(f"{src}: {where}.mode must be an octal string like \"0600\"") from None
+    dest = _section(Destination, item, src, where, durations={"command_timeout", "wait_min", "wait_max"})
+    if dest.style not in ("dotenv", "docker", "shell", "template"):
+        raise ConfigError(f"{src}: {where}.style must be dotenv, docker, shell or template")
+    if dest.style == "template" and not dest.template:
+        raise ConfigError(f"{src}: {where}: style = \"template\" needs template = \"<file>\"")
+    path = dest.path if os.path.isabs(dest.path) else str(base_dir / dest.path)
+    tmpl = dest.template
+    if tmpl and not os.path.isabs(tmpl):
+        tmpl = str(base_dir / tmpl)
+    return replace(dest, path=path, template=tmpl, command=tuple(dest.command))
+
+
+def _only(raw: Mapping[str, Any], allowed: set[str], src: str, where: str) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        at = f"{where}." if where else ""
+        raise ConfigError(f"{src}: unknown setting {at}{unknown[0]} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _section(cls: type, raw: Any, src: str, where: str, *, durations: set[str] = frozenset(), forbid: set[str] = frozenset()) -> Any:  # type: ignore[assignment]
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{src}: {where} must be a table")
+    for key in forbid:
+        if key in raw:
+            raise ConfigError(f"{src}: {where}.{key} may not be set in a file; use an environment variable or a token file")
+    names = {f.name for f in fields(cls)} - {"token"}
+    _only(raw, names, src, where)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in durations and value is not None:
+            try:
+                value = parse_duration(value)
+            except ValueError as exc:
+                raise ConfigError(f"{src}: {where}.{key}: {exc}") from None
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[key] = value
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{src}: {where}: {exc}") from None
+
+
+def _env(env: Mapping[str, str], name: str) -> str | None:
+    """``VAULT_X`` wins over its OpenBao alias ``BAO_X``; empty counts as unset."""
+    return env.get(f"VAULT_{name}") or env.get(f"BAO_{name}") or None
+
+
+def _apply_env(s: Settings, env: Mapping[str, str]) -> Settings:
+    vault = s.vault
+    changes: dict[str, Any] = {}
+    for name, attr in (("ADDR", "addr"), ("TOKEN", "token"), ("CACERT", "cacert"), ("CAPATH", "capath"), ("NAMESPACE", "namespace")):
+        value = _env(env, name)
+        if value is not None:
+            changes[attr] = value
+    skip = _env(env, "SKIP_VERIFY")
+    if skip is not None and skip.lower() in ("1", "true", "yes"):
+        changes["tls_verify"] = False
+    return replace(s, vault=replace(vault, **changes))
+
+
+def _apply_overrides(s: Settings, overrides: Mapping[str, Any]) -> Settings:
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, _, attr = dotted.partition(".")
+        current = getattr(s, section)
+        s = replace(s, **{section: replace(current, **{attr: value})})
+    return s
+
+
+def resolve_token(vault: VaultSettings) -> str | None:
+    """The token from the environment/flags, else from ``token_file``."""
+    if vault.token:
+        return vault.token
+    if vault.token_file:
+        try:
+            return Path(vault.token_file).read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            raise ConfigError(f"{vault.token_file}: cannot read token file: {exc.strerror}") from None
+    return None

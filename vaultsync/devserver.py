@@ -1,0 +1,180 @@
+"""A real dev-mode Vault/OpenBao server on loopback, for the demo and the tests.
+
+The binary is found in this order: ``$VAULTSYNC_SERVER_BIN``, ``bao`` or
+``vault`` on ``PATH``, then the one ``make install`` builds into the user's cache
+folder. The root token is handed to the server through its environment
+(``VAULT_DEV_ROOT_TOKEN_ID``), never on its command line, where any local user
+could read it from ``/proc``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from vaultsync.errors import VaultsyncError
+
+#: Pinned server built by ``make install`` (see tools/vault/go.mod and the README).
+SERVER_VERSION = "vault-v1.14.1"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vaultsync"
+
+
+def find_server_binary() -> str:
+    explicit = os.environ.get("VAULTSYNC_SERVER_BIN")
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise VaultsyncError(f"VAULTSYNC_SERVER_BIN={explicit} is not an executable file")
+        return explicit
+    for name in ("bao", "vault"):
+        found = shutil.which(name)
+        if found:
+            return found
+    built = cache_dir() / SERVER_VERSION / "vault"
+    if os.access(built, os.X_OK):
+        return str(built)
+    raise VaultsyncError(
+        f"no Vault/OpenBao server binary: none on PATH and none at {built}; run `make install` to build it"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class DevServer:
+    addr: str
+    token: str
+    pid: int
+    log: str
+
+    def stop(self, timeout: float = 10.0) -> None:
+        _terminate(self.pid, timeout)
+
+
+def start(port: int | None = None, *, state_dir: Path, binary: str | None = None, timeout: float = 60.0) -> DevServer:
+    """Start a dev server in the background and wait until it answers."""
+    binary = binary or find_server_binary()
+    port = port or free_port()
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token = "s." + secrets.token_urlsafe(18)
+    addr = f"http://127.0.0.1:{port}"
+    log = state_dir / f"server-{port}.log"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(state_dir),  # the dev server writes ~/.vault-token unless told not to
+        "VAULT_DEV_ROOT_TOKEN_ID": token,
+        "BAO_DEV_ROOT_TOKEN_ID": token,
+    }
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [binary, "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}", "-dev-no-store-token"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+        )
+    server = DevServer(addr, token, proc.pid, str(log))
+    try:
+        wait_ready(addr, timeout=timeout, proc=proc)
+    except Exception:
+        server.stop()
+        raise
+    return server
+
+
+def wait_ready(addr: str, *, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise VaultsyncError(f"server exited with code {proc.returncode} before it answered")
+        try:
+            r = requests.get(f"{addr}/v1/sys/health", timeout=2)
+            if r.status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+    raise VaultsyncError(f"server at {addr} did not become ready within {timeout:.0f}s")
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return
+        except ChildProcessError:  # not our child: poll for existence
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+# --- `vaultsync dev up/down`: one server per user, remembered in a state file -------
+
+
+def _state_file() -> Path:
+    return cache_dir() / "dev" / "server.json"
+
+
+def up(port: int | None = None) -> DevServer:
+    """Start the per-user dev server, or return the one already running."""
+    current = running()
+    if current is not None:
+        return current
+    state = _state_file()
+    server = start(port, state_dir=state.parent)
+    fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"addr": server.addr, "token": server.token, "pid": server.pid, "log": server.log}, f)
+    return server
+
+
+def running() -> DevServer | None:
+    state = _state_file()
+    try:
+        info = json.loads(state.read_text())
+        server = DevServer(info["addr"], info["token"], int(info["pid"]), info["log"])
+    except (OSError, ValueError, KeyError):
+        return None
+    try:
+        os.kill(server.pid, 0)
+        wait_ready(server.addr, timeout=2)
+    except (ProcessLookupError, VaultsyncError):
+        return None
+    return server
+
+
+def down() -> bool:
+    server = running()
+    state = _state_file()
+    if server is not None:
+        server.stop()
+    existed = state.exists()
+    state.unlink(missing_ok=True)
+    return server is not None or existed

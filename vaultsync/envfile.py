@@ -1,0 +1,126 @@
+"""Strict reading of ``.env`` files with python-dotenv's own parser.
+
+python-dotenv is lenient: a line it cannot parse is logged and skipped. A
+migration must not silently drop a secret, so here every such line is an error
+``file:line: reason`` (exit code 2) and nothing is written. Values are never part
+of an error message.
+
+What is accepted is exactly what python-dotenv accepts: ``export`` prefixes,
+single/double quotes with their escapes, multi-line quoted values (PEM keys),
+CRLF line ends, a UTF-8 byte-order mark, ``#`` comments, ``=`` inside values and
+empty values. ``${VAR}`` is kept literally unless interpolation is asked for.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv.main import resolve_variables
+from dotenv.parser import parse_stream
+
+from vaultsync.errors import ParseError
+
+# Keys we accept: what shells, docker and compose can all use, plus `.` and `-`
+# which compose accepts in env_file. Anything else is almost always a typo.
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_BOM = "\ufeff"
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    value: str = field(repr=False)
+    line: int
+
+
+@dataclass(frozen=True)
+class EnvFile:
+    path: str
+    entries: tuple[Entry, ...]
+    duplicates: tuple[tuple[str, int, int], ...] = ()  # (key, first line, later line)
+
+    def values(self) -> dict[str, str]:
+        """Key -> value; for a key given twice the last one wins, as in python-dotenv."""
+        return {e.key: e.value for e in self.entries}
+
+    def line_of(self, key: str) -> int:
+        return next(e.line for e in reversed(self.entries) if e.key == key)
+
+
+def parse(path: str | Path, *, strict: bool = False, interpolate: bool = False) -> EnvFile:
+    """Read ``path``; raise :class:`ParseError` on anything python-dotenv would skip."""
+    path = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ParseError(path, 0, f"cannot read file: {exc.strerror}") from None
+    return parse_bytes(raw, path, strict=strict, interpolate=interpolate)
+
+
+def parse_bytes(raw: bytes, path: str, *, strict: bool = False, interpolate: bool = False) -> EnvFile:
+    text = _decode(raw, path)
+    entries: list[Entry] = []
+    seen: dict[str, int] = {}
+    duplicates: list[tuple[str, int, int]] = []
+    for binding in parse_stream(io.StringIO(text)):
+        line = _first_content_line(binding.original.string, binding.original.line)
+        if binding.error:
+            raise ParseError(path, line, _why(binding.original.string))
+        if binding.key is None:  # blank line or comment
+            continue
+        if not _KEY.match(binding.key):
+            # The "key" of a mangled line may be a value pasted alone: never echo it.
+            raise ParseError(path, line, "invalid key name (letters, digits, '_', '.', '-'; not starting with a digit)")
+        if binding.value is None:
+            raise ParseError(path, line, "not an assignment (a bare word without '='; expected KEY=value)")
+        if binding.key in seen:
+            if strict:
+                raise ParseError(path, line, f"duplicate key {binding.key} (first set on line {seen[binding.key]})")
+            duplicates.append((binding.key, seen[binding.key], line))
+        seen[binding.key] = line
+        entries.append(Entry(binding.key, binding.value, line))
+    if interpolate:
+        resolved = resolve_variables(((e.key, e.value) for e in entries), override=True)
+        entries = [Entry(e.key, resolved[e.key] or "", e.line) for e in entries]
+    return EnvFile(path, tuple(entries), tuple(duplicates))
+
+
+def _decode(raw: bytes, path: str) -> str:
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise ParseError(path, raw.count(b"\n", 0, nul) + 1, "NUL byte in file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParseError(path, raw.count(b"\n", 0, exc.start) + 1, "invalid UTF-8") from None
+    return text[1:] if text.startswith(_BOM) else text
+
+
+def _first_content_line(original: str, line: int) -> int:
+    """python-dotenv reports the line a binding's *mark* starts on, which can be a
+    blank line before it; point at the first line with content instead."""
+    stripped = original.lstrip()
+    skipped = original[: len(original) - len(stripped)]
+    return line + skipped.count("\n") + (skipped.count("\r") - skipped.count("\r\n"))
+
+
+def _why(original: str) -> str:
+    body = original.lstrip()
+    head = body.split("=", 1)[0].strip() if "=" in body else ""
+    if head.startswith("export "):
+        head = head[len("export ") :].strip()
+    name = head if head and _KEY.match(head) else None
+    after = body.split("=", 1)[1].lstrip() if "=" in body else ""
+    if after[:1] in ("'", '"'):
+        quote = after[0]
+        closed = re.match(rf"{quote}(?:\\.|[^{quote}\\])*{quote}", after, re.DOTALL)
+        if not closed:
+            kind = "single" if quote == "'" else "double"
+            return f"unterminated {kind} quote in the value of {name or 'a key'}"
+        return f"cannot parse the value of {name or 'a key'} (text after the closing quote?)"
+    if name:
+        return f"cannot parse the value of {name} (text after the value?)"
+    return "not an assignment (expected KEY=value)"

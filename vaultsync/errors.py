@@ -1,0 +1,46 @@
+"""Exceptions that map to the command line's exit codes.
+
+Every message here is shown to people and written to logs, so none may carry a
+secret value: they name files, lines, keys and paths, never what is stored.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+EXIT_CONFLICT = 3
+
+
+class VaultsyncError(Exception):
+    """Base class; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = EXIT_FAILURE
+
+
+class BadInput(VaultsyncError):
+    """The user's files or flags are wrong; nothing was written."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ParseError(BadInput):
+    """A .env file could not be read. ``str()`` is ``file:line: reason``."""
+
+    def __init__(self, path: str, line: int, reason: str) -> None:
+        self.path, self.line, self.reason = path, line, reason
+        super().__init__(f"{path}:{line}: {reason}")
+
+
+class ConfigError(BadInput):
+    """``vaultsync.toml`` or a flag is invalid."""
+
+
+class Conflict(VaultsyncError):
+    """Someone else changed a secret between plan and apply (check-and-set failed)."""
+
+    exit_code = EXIT_CONFLICT
+
+
+class VaultError(VaultsyncError):
+    """The server refused or failed a request (permission denied, sealed, down)."""

@@ -1,0 +1,253 @@
+"""``vaultsync migrate``: plan a diff against Vault, then apply it with check-and-set.
+
+Planning reads every target secret once and records the version it saw. Applying
+writes only secrets whose content changes, each with ``cas`` set to that version
+(KV v2), so a concurrent writer makes the write fail instead of being overwritten.
+A second run on unchanged files makes zero writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vaultsync import envfile
+from vaultsync.config import SourceSpec
+from vaultsync.errors import BadInput, Conflict, VaultsyncError
+from vaultsync.vault import KV, Secret
+
+ADDED, CHANGED, UNCHANGED, ONLY_IN_VAULT, REMOVED = "added", "changed", "unchanged", "only_in_vault", "removed"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One KV secret built from one or more .env files."""
+
+    path: str
+    data: Mapping[str, str] = field(repr=False)
+    origins: Mapping[str, str]  # key -> "file:line", for messages
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    key: str
+    status: str
+    old: str | None = None  # fingerprints, never values
+    new: str | None = None
+
+
+@dataclass(frozen=True)
+class SecretPlan:
+    target: Target
+    current: Secret
+    changes: tuple[KeyChange, ...]
+    desired: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def needs_write(self) -> bool:
+        return any(c.status in (ADDED, CHANGED, REMOVED) for c in self.changes)
+
+    def count(self, status: str) -> int:
+        return sum(1 for c in self.changes if c.status == status)
+
+
+@dataclass(frozen=True)
+class Plan:
+    mount: str
+    kv_version: int
+    secrets: tuple[SecretPlan, ...]
+    prune: bool
+
+    @property
+    def writes(self) -> list[SecretPlan]:
+        return [s for s in self.secrets if s.needs_write]
+
+
+@dataclass
+class Outcome:
+    written: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    @property
+    def exit_code(self) -> int:
+        if self.conflicts:
+            return Conflict.exit_code
+        return 1 if self.failed else 0
+
+
+# --- building targets --------------------------------------------------------------
+
+
+def service_for(file: str) -> str:
+    """The default service: the folder the file lives in."""
+    return Path(os.path.abspath(file)).parent.name or "default"
+
+
+def build_targets(
+    sources: Sequence[SourceSpec], *, prefix: str, strict: bool = False, interpolate: bool = False,
+    max_secret_bytes: int = 512 * 1024, warn: Callable[[str], None] = lambda _m: None,
+) -> list[Target]:
+    """Parse every source and group keys into secrets. Raises BadInput before any write."""
+    grouped: dict[str, dict[str, str]] = {}
+    origins: dict[str, dict[str, str]] = {}
+    for spec in sources:
+        env = envfile.parse(spec.file, strict=strict, interpolate=interpolate)
+        for key, first, later in env.duplicates:
+            warn(f"{spec.file}:{later}: duplicate key {key} (first on line {first}); the last one wins")
+        base = spec.path or "/".join(p for p in (prefix, spec.service or service_for(spec.file)) if p)
+        # Longest split prefix first, so "DB_RO_" beats "DB_".
+        splits = sorted(spec.split.items(), key=lambda kv: len(kv[0]), reverse=True)
+        for entry in env.entries:
+            path, key = base, entry.key
+            for key_prefix, split_path in splits:
+                if key.startswith(key_prefix):
+                    path = split_path if "/" in split_path else "/".join(p for p in (prefix, split_path) if p)
+                    if spec.strip_prefix:
+                        key = key[len(key_prefix):]
+                        if not key:
+                            raise BadInput(f"{spec.file}:{entry.line}: key {entry.key} is empty once {key_prefix} is stripped")
+                    break
+            where = f"{spec.file}:{entry.line}"
+            previous = origins.setdefault(path, {}).get(key)
+            if previous and not previous.startswith(f"{spec.file}:"):
+                raise BadInput(f"{where}: {key} for {path} is also set at {previous}")
+            grouped.setdefault(path, {})[key] = entry.value
+            origins[path][key] = where
+    targets = [Target(path, grouped[path], origins[path]) for path in sorted(grouped)]
+    for t in targets:
+        size = len(json.dumps(dict(t.data)).encode())
+        if size > max_secret_bytes:
+            raise BadInput(
+                f"secret {t.path} would be {size} bytes, over the {max_secret_bytes}-byte limit "
+                "(KV storage refuses large entries); split it with [migrate.sources] split = {{...}}"
+            )
+    return targets
+
+
+# --- planning -----------------------------------------------------------------------
+
+
+class Fingerprinter:
+    """Short salted HMAC of a value: equal values look equal within one run,
+    and nothing can be guessed offline since the salt is new each run."""
+
+    def __init__(self, salt: bytes | None = None) -> None:
+        self._salt = salt or secrets.token_bytes(16)
+
+    def __call__(self, value: Any) -> str:
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        return hmac.new(self._salt, text.encode(), hashlib.sha256).hexdigest()[:8]
+
+
+def diff(current: Mapping[str, Any] | None, wanted: Mapping[str, str], *, prune: bool, fp: Fingerprinter) -> tuple[list[KeyChange], dict[str, Any]]:
+    """Key-level changes and the merged data to write."""
+    current = current or {}
+    changes: list[KeyChange] = []
+    for key in sorted(set(current) | set(wanted)):
+        if key not in current:
+            changes.append(KeyChange(key, ADDED, new=fp(wanted[key])))
+        elif key not in wanted:
+            changes.append(KeyChange(key, REMOVED if prune else ONLY_IN_VAULT, old=fp(current[key])))
+        elif current[key] != wanted[key]:
+            changes.append(KeyChange(key, CHANGED, old=fp(current[key]), new=fp(wanted[key])))
+        else:
+            changes.append(KeyChange(key, UNCHANGED, old=fp(current[key]), new=fp(wanted[key])))
+    merged = dict(wanted) if prune else {**current, **wanted}
+    return changes, merged
+
+
+def plan(kv: KV, targets: Iterable[Target], *, prune: bool = False, concurrency: int = 8, fp: Fingerprinter | None = None) -> Plan:
+    fp = fp or Fingerprinter()
+    targets = list(targets)
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        currents = list(pool.map(lambda t: kv.read(t.path), targets))
+    plans = []
+    for target, current in zip(targets, currents):
+        changes, desired = diff(current.data, target.data, prune=prune, fp=fp)
+        plans.append(SecretPlan(target, current, tuple(changes), desired))
+    return Plan(kv.mount, kv.version, tuple(plans), prune)
+
+
+# --- applying -------------------------------------------------------------------------
+
+
+def apply(kv: KV, the_plan: Plan, *, concurrency: int = 8, progress: Callable[[SecretPlan], None] | None = None) -> Outcome:
+    """Write what the plan says must change, each with check-and-set (KV v2).
+
+    KV v1 has no check-and-set: the secret is re-read just before the write and
+    the write is refused when it differs from what was planned (a narrower window,
+    not a guarantee)."""
+    outcome = Outcome()
+
+    def write(sp: SecretPlan) -> None:
+        path = sp.target.path
+        try:
+            if kv.version == 2:
+                kv.write(path, dict(sp.desired), cas=sp.current.version)
+            else:
+                if kv.read(path).data != sp.current.data:
+                    raise Conflict(f"{kv.mount}/{path} changed since it was planned")
+                kv.write(path, dict(sp.desired))
+            outcome.written.append(path)
+        except Conflict:
+            outcome.conflicts.append(path)
+        except VaultsyncError as exc:
+            outcome.failed.append((path, str(exc)))
+        finally:
+            if progress:
+                progress(sp)
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        list(pool.map(write, the_plan.writes))
+    outcome.written.sort()
+    outcome.conflicts.sort()
+    outcome.failed.sort()
+    return outcome
+
+
+# --- presenting -----------------------------------------------------------------------
+
+_SIGN = {ADDED: "+", CHANGED: "~", UNCHANGED: "=", ONLY_IN_VAULT: "?", REMOVED: "-"}
+
+
+def plan_as_text(p: Plan, *, verbose: bool = False) -> str:
+    lines = [f"Plan for mount {p.mount!r} (KV v{p.kv_version}):"]
+    for sp in p.secrets:
+        state = "new secret" if not sp.current.exists else (f"version {sp.current.version}" if p.kv_version == 2 else "exists")
+        summary = ", ".join(f"{sp.count(s)} {s.replace('_', ' ')}" for s in (ADDED, CHANGED, REMOVED, UNCHANGED, ONLY_IN_VAULT) if sp.count(s))
+        lines.append(f"  {p.mount}/{sp.target.path} ({state}): {summary or 'empty'}{'' if sp.needs_write else ' - no write'}")
+        for c in sp.changes:
+            if c.status == UNCHANGED and not verbose:
+                continue
+            fps = {ADDED: f"{c.new}", CHANGED: f"{c.old} -> {c.new}", REMOVED: f"{c.old}", ONLY_IN_VAULT: f"{c.old} (kept; --prune removes)", UNCHANGED: f"{c.old}"}[c.status]
+            lines.append(f"    {_SIGN[c.status]} {c.key}  [{fps}]")
+    lines.append(f"{len(p.writes)} of {len(p.secrets)} secrets to write.")
+    return "\n".join(lines)
+
+
+def plan_as_dict(p: Plan) -> dict[str, Any]:
+    return {
+        "mount": p.mount,
+        "kv_version": p.kv_version,
+        "prune": p.prune,
+        "secrets": [
+            {
+                "path": sp.target.path,
+                "exists": sp.current.exists,
+                "version": sp.current.version,
+                "write": sp.needs_write,
+                "keys": [{"key": c.key, "status": c.status, "old": c.old, "new": c.new} for c in sp.changes],
+            }
+            for sp in p.secrets
+        ],
+        "writes": len(p.writes),
+    }

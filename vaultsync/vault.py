@@ -1,0 +1,151 @@
+"""Client construction and the small KV v1/v2 surface vaultsync needs.
+
+One ``requests.Session`` with a connection pool sized to the worker count is
+shared by every request, so a migration of many secrets reuses keep-alive
+connections. hvac only reads ``VAULT_*`` variables itself; settings (with the
+``BAO_*`` aliases already folded in) are passed explicitly instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import hvac
+import hvac.exceptions
+import requests
+from requests.adapters import HTTPAdapter
+
+from vaultsync.config import VaultSettings, resolve_token
+from vaultsync.errors import ConfigError, Conflict, VaultError
+from vaultsync.logging import register_secret
+
+
+def make_client(settings: VaultSettings, *, pool_size: int = 10, token: str | None = None) -> hvac.Client:
+    """An hvac client with TLS verification on unless the settings turn it off."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(pool_size, 1))
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    verify: bool | str = settings.tls_verify
+    if settings.tls_verify and (settings.cacert or settings.capath):
+        verify = settings.cacert or settings.capath or True
+    token = token if token is not None else resolve_token(settings)
+    register_secret(token)
+    return hvac.Client(
+        url=settings.addr,
+        token=token,
+        verify=verify,
+        namespace=settings.namespace,
+        timeout=settings.timeout,
+        session=session,
+    )
+
+
+def describe(exc: Exception, action: str) -> VaultError:
+    """Turn an hvac/requests error into a VaultError that says what failed, without bodies."""
+    if isinstance(exc, hvac.exceptions.Forbidden):
+        return VaultError(f"permission denied: {action} (check the token's policies)")
+    if isinstance(exc, hvac.exceptions.VaultDown):
+        return VaultError(f"server sealed or in standby: {action}")
+    if isinstance(exc, hvac.exceptions.RateLimitExceeded):
+        return VaultError(f"rate limited by the server: {action}")
+    if isinstance(exc, hvac.exceptions.VaultError):
+        errors = "; ".join(str(e) for e in (exc.errors or [])) or type(exc).__name__
+        return VaultError(f"{action}: {errors}")
+    if isinstance(exc, requests.exceptions.SSLError):
+        return VaultError(f"TLS verification failed: {action} (set VAULT_CACERT to the server's CA)")
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return VaultError(f"cannot reach the server: {action}")
+    if isinstance(exc, requests.exceptions.Timeout):
+        return VaultError(f"request timed out: {action}")
+    return VaultError(f"{action}: {type(exc).__name__}")
+
+
+@dataclass(frozen=True)
+class Secret:
+    """What a KV path holds. ``version`` 0 means nothing there (v2) or unknown (v1)."""
+
+    path: str
+    data: dict[str, Any] | None = field(repr=False)
+    version: int = 0
+
+    @property
+    def exists(self) -> bool:
+        return self.data is not None
+
+
+def detect_kv_version(client: hvac.Client, mount: str) -> int:
+    """1 or 2, from the mount's options. Needs some capability on the mount."""
+    try:
+        resp = client.adapter.get(f"/v1/sys/internal/ui/mounts/{mount.strip('/')}")
+    except Exception as exc:  # noqa: BLE001 - mapped to a message below
+        if isinstance(exc, (hvac.exceptions.Forbidden, hvac.exceptions.InvalidPath)):
+            raise ConfigError(
+                f"cannot read the KV version of mount {mount!r} (no access to it, or no such mount); "
+                "pass --kv-version 1 or 2"
+            ) from None
+        raise describe(exc, f"look up mount {mount}") from None
+    data = resp.get("data", {}) if isinstance(resp, dict) else {}
+    if data.get("type") not in (None, "kv", "generic"):
+        raise ConfigError(f"mount {mount!r} is a {data.get('type')} engine, not KV")
+    version = str((data.get("options") or {}).get("version") or "1")
+    return 2 if version == "2" else 1
+
+
+class KV:
+    """Read and write whole secrets on one KV mount (v1 or v2)."""
+
+    def __init__(self, client: hvac.Client, mount: str, version: int) -> None:
+        if version not in (1, 2):
+            raise ConfigError("KV version must be 1 or 2")
+        self.client, self.mount, self.version = client, mount.strip("/"), version
+
+    def read(self, path: str) -> Secret:
+        path = path.strip("/")
+        try:
+            if self.version == 2:
+                resp = self.client.adapter.get(f"/v1/{self.mount}/data/{path}")
+                body = resp["data"]
+                meta = body.get("metadata") or {}
+                # A deleted or destroyed latest version reads as absent but keeps its number,
+                # which check-and-set must be given.
+                return Secret(path, body.get("data"), int(meta.get("version") or 0))
+            resp = self.client.adapter.get(f"/v1/{self.mount}/{path}")
+            return Secret(path, resp["data"], 0)
+        except hvac.exceptions.InvalidPath as exc:
+            if self.version == 2 and exc.json and isinstance(exc.json.get("data"), dict):
+                # 404 with a body: the latest version was deleted.
+                meta = exc.json["data"].get("metadata") or {}
+                return Secret(path, None, int(meta.get("version") or 0))
+            return Secret(path, None, 0)
+        except Exception as exc:  # noqa: BLE001
+            raise describe(exc, f"read {self.mount}/{path}") from None
+
+    def write(self, path: str, data: dict[str, Any], *, cas: int | None = None) -> int:
+        """Write the whole secret. On v2 with ``cas`` the write fails with
+        :class:`Conflict` if the current version is not ``cas`` (0: must not exist).
+        Returns the new version (v2) or 0 (v1)."""
+        path = path.strip("/")
+        try:
+            if self.version == 2:
+                body: dict[str, Any] = {"data": data}
+                if cas is not None:
+                    body["options"] = {"cas": cas}
+                resp = self.client.adapter.post(f"/v1/{self.mount}/data/{path}", json=body)
+                return int(resp["data"]["version"])
+            self.client.adapter.post(f"/v1/{self.mount}/{path}", json=data)
+            return 0
+        except hvac.exceptions.InvalidRequest as exc:
+            if any("check-and-set" in str(e) for e in (exc.errors or [])):
+                raise Conflict(f"{self.mount}/{path} changed since it was read (check-and-set failed)") from None
+            raise describe(exc, f"write {self.mount}/{path}") from None
+        except Exception as exc:  # noqa: BLE001
+            raise describe(exc, f"write {self.mount}/{path}") from None
+
+    def policy_paths(self, path: str) -> dict[str, list[str]]:
+        """The policy paths (and capabilities) that read ``path`` on this mount."""
+        path = path.strip("/")
+        if self.version == 2:
+            return {f"{self.mount}/data/{path}": ["read"], f"{self.mount}/metadata/{path}": ["read", "list"]}
+        return {f"{self.mount}/{path}": ["read", "list"]}
