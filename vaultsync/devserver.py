@@ -72,7 +72,7 @@ def start(port: int | None = None, *, state_dir: Path, binary: str | None = None
     binary = binary or find_server_binary()
     port = port or free_port()
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    token = "s." + secrets.token_urlsafe(18)
+    token = "dev-" + secrets.token_hex(16)  # Vault reserves the s./hvs. prefixes for its own tokens
     addr = f"http://127.0.0.1:{port}"
     log = state_dir / f"server-{port}.log"
     env = {
