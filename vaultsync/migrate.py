@@ -9,7 +9,6 @@ A second run on unchanged files makes zero writes.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import os
 import secrets
@@ -137,15 +136,15 @@ def build_targets(
 
 
 class Fingerprinter:
-    """Short salted HMAC of a value: equal values look equal within one run,
-    and nothing can be guessed offline since the salt is new each run."""
+    """Short keyed hash (BLAKE2b MAC) of a value: equal values look equal within
+    one run, and nothing can be guessed offline since the key is new each run."""
 
     def __init__(self, salt: bytes | None = None) -> None:
         self._salt = salt or secrets.token_bytes(16)
 
     def __call__(self, value: Any) -> str:
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        return hmac.new(self._salt, text.encode(), hashlib.sha256).hexdigest()[:8]
+        return hashlib.blake2b(text.encode(), key=self._salt, digest_size=4).hexdigest()
 
 
 def diff(current: Mapping[str, Any] | None, wanted: Mapping[str, str], *, prune: bool, fp: Fingerprinter) -> tuple[list[KeyChange], dict[str, Any]]:
@@ -166,15 +165,40 @@ def diff(current: Mapping[str, Any] | None, wanted: Mapping[str, str], *, prune:
 
 
 def plan(kv: KV, targets: Iterable[Target], *, prune: bool = False, concurrency: int = 8, fp: Fingerprinter | None = None) -> Plan:
+    """Read what Vault holds for each target and diff it.
+
+    One LIST per parent folder finds which targets exist at all; those that do not
+    are planned as new without a read (on KV v2 they are then written with
+    ``cas=0``, which fails if someone creates them first). Without list
+    permission every target is read."""
     fp = fp or Fingerprinter()
     targets = list(targets)
+    existing = _existing(kv, targets)
+
+    def current(t: Target) -> Secret:
+        if existing is not None and t.path not in existing:
+            return Secret(t.path, None, 0)
+        return kv.read(t.path)
+
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        currents = list(pool.map(lambda t: kv.read(t.path), targets))
+        currents = list(pool.map(current, targets))
     plans = []
     for target, current in zip(targets, currents):
         changes, desired = diff(current.data, target.data, prune=prune, fp=fp)
         plans.append(SecretPlan(target, current, tuple(changes), desired))
     return Plan(kv.mount, kv.version, tuple(plans), prune)
+
+
+def _existing(kv: KV, targets: list[Target]) -> set[str] | None:
+    """Paths among ``targets`` that exist, or None when listing is not allowed."""
+    folders = {t.path.rpartition("/")[0] for t in targets}
+    found: set[str] = set()
+    for folder in folders:
+        names = kv.list(folder)
+        if names is None:
+            return None
+        found.update(f"{folder}/{n}" if folder else n for n in names if not n.endswith("/"))
+    return found
 
 
 # --- applying -------------------------------------------------------------------------
