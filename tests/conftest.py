@@ -144,3 +144,13 @@ def cli(vault_env: dict[str, str]):
         return run_cli(*args, env={**vault_env, **(env or {})}, cwd=cwd)
 
     return run
+
+
+@pytest.fixture
+def fresh_vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server of this test's own, for tests that change server-wide state (e.g. pruning policies)."""
+    server = devserver.start(state_dir=tmp_path_factory.mktemp("vault-own"))
+    try:
+        yield Server(server.addr, server.token, "own")
+    finally:
+        server.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import json
 import sys
 from collections.abc import Callable
@@ -168,3 +169,100 @@ def dev_up(port: int | None) -> None:
 def dev_down() -> None:
     """Stop the dev server started by `dev up`."""
     click.echo("stopped" if devserver.down() else "no dev server was running")
+
+
+# --- policies and AppRoles ----------------------------------------------------------------
+
+
+def _kv_for_policies(client: Any, s: config.Settings) -> Any:
+    from vaultsync.vault import KV, detect_kv_version
+
+    if not any(not svc.policies for svc in s.services.values()):
+        return None
+    return KV(client, s.kv.mount, s.kv.version or detect_kv_version(client, s.kv.mount))
+
+
+def _admin_client(s: config.Settings) -> Any:
+    from vaultsync.vault import make_client
+
+    client = make_client(s.vault)
+    if not client.token:
+        raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), or vault.token_file")
+    return client
+
+
+@main.group(context_settings=CONTEXT)
+def policies() -> None:
+    """HCL policies from a folder, plus a least-privilege policy and an AppRole per service."""
+
+
+@policies.command("apply", context_settings=CONTEXT)
+@click.argument("folder", required=False, type=click.Path(file_okay=False))
+@click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
+@click.option("--prune", is_flag=True, help="Remove policies that are only in Vault (never root or default).")
+@click.option("--kv-version", type=click.IntRange(1, 2), help="KV version for generated policies, if the token may not read the mount.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_obj
+@handle_errors
+def policies_apply(state: State, folder: str | None, dry_run: bool, prune: bool, kv_version: int | None, output: str) -> None:
+    """Apply FOLDER/*.hcl [default: ./policies] and the AppRoles of vaultsync.toml's services."""
+    from vaultsync import policies as pol
+
+    s = state.settings(**{"kv.version": kv_version})
+    if folder is None and os.path.isdir("policies"):
+        folder = "policies"
+    client = _admin_client(s)
+    the_plan = pol.plan(client, s, folder, _kv_for_policies(client, s), prune=prune)
+    if output == "text":
+        click.echo(pol.plan_as_text(the_plan))
+    if dry_run or the_plan.empty:
+        if output == "json":
+            click.echo(json.dumps({"plan": pol.plan_as_dict(the_plan), "dry_run": dry_run, "result": None}, indent=2))
+        return
+    pol.validate(client, the_plan)
+    out = pol.apply(client, the_plan)
+    vlog.get_logger().info("policies applied", applied=len(out.applied), removed=len(out.removed), roles=len(out.roles), failed=len(out.failed))
+    if output == "json":
+        click.echo(json.dumps({"plan": pol.plan_as_dict(the_plan), "dry_run": False, "result": {
+            "applied": out.applied, "removed": out.removed, "roles": out.roles,
+            "failed": [{"what": w, "error": e} for w, e in out.failed]}}, indent=2))
+    else:
+        click.echo(f"Applied {len(out.applied)} policies, removed {len(out.removed)}, wrote {len(out.roles)} AppRoles.")
+    if out.failed:
+        what, err = out.failed[0]
+        click.echo(f"failed: {what}: {err}; everything listed above it was applied, nothing after it.", err=True)
+        sys.exit(1)
+
+
+@main.group(context_settings=CONTEXT)
+def approle() -> None:
+    """AppRole credentials for a service."""
+
+
+@approle.command("credentials", context_settings=CONTEXT)
+@click.argument("service")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Folder for role_id and secret_id (0600 files).")
+@click.option("--stdout", "to_stdout", is_flag=True, help="Print them instead (they will be in your terminal's history).")
+@click.option("--wrap-ttl", help="Hand out a response-wrapped secret_id valid this long (e.g. 60s).")
+@click.pass_obj
+@handle_errors
+def approle_credentials(state: State, service: str, out_dir: str | None, to_stdout: bool, wrap_ttl: str | None) -> None:
+    """Issue a role_id and a new secret_id for SERVICE's AppRole."""
+    from vaultsync import auth
+    from vaultsync.leases import parse_duration
+
+    if bool(out_dir) == bool(to_stdout):
+        raise BadInput("give exactly one of --out DIR or --stdout")
+    s = state.settings()
+    try:
+        ttl = parse_duration(wrap_ttl) if wrap_ttl else None
+    except ValueError as exc:
+        raise BadInput(f"--wrap-ttl: {exc}") from None
+    creds = auth.issue_credentials(_admin_client(s), mount=s.auth.mount, role=service, wrap_ttl=ttl)
+    kind = "wrapped secret_id (unwrap once, within the TTL)" if creds.wrapped else "secret_id"
+    if to_stdout:
+        click.echo(json.dumps({"role_id": creds.role_id, "secret_id": creds.secret_id, "wrapped": creds.wrapped}))
+        return
+    paths = auth.write_credentials(creds, out_dir)  # type: ignore[arg-type]
+    vlog.get_logger().info("credentials written", service=service, wrapped=creds.wrapped, folder=str(out_dir))
+    click.echo(f"Wrote role_id and {kind} for {service}: {', '.join(str(p) for p in paths)}")

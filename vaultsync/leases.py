@@ -1,0 +1,458 @@
+"""Timing maths for tokens and leases: when to renew, when to re-issue, how to back off.
+
+Everything here is a pure function of its arguments. Nothing reads the clock or
+the global ``random`` module: callers pass ``now`` (any monotonic-ish float
+clock, in seconds) and a ``random.Random``. That keeps the daemon's scheduling
+reproducible in tests (seed the RNG, pick ``now``) and keeps this module free
+of I/O.
+
+The model follows OpenBao's ``api/lifetime_watcher.go`` and consul-template,
+with two deliberate differences:
+
+* The TTL the *server* returns is the truth. A renewal that comes back with a
+  shorter TTL than was asked for, or than the previous one, means the lease hit
+  its max TTL: renewing again only shrinks it further, so we plan a re-issue
+  (re-login / fetch new credentials) before it runs out.
+* Failures always back off. The upstream watcher computes a backoff and then
+  retries in a tight loop; here every retry delay is exponential, capped,
+  jittered and never zero.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+import re
+from dataclasses import dataclass
+
+__all__ = [
+    "MIN_DELAY",
+    "Action",
+    "RenewalDecision",
+    "parse_duration",
+    "grace_period",
+    "next_renewal_delay",
+    "refetch_delay_nonrenewable",
+    "plan_new_lease",
+    "plan_after_renewal",
+    "backoff_ceiling",
+    "backoff_delay",
+    "retry_delay_before_expiry",
+]
+
+#: Smallest delay we schedule while a lease still has time left. It keeps a
+#: misbehaving server (TTL 0/1 s over and over) from turning the daemon into a
+#: busy loop. Only when less than ``2 * MIN_DELAY`` remains do delays go lower.
+MIN_DELAY = 0.5
+
+_TWO_THIRDS = 2.0 / 3.0
+_GRACE_RANGE = (0.10, 0.20)
+_REFETCH_RANGE = (0.85, 0.95)
+# Above this many doublings base * 2**attempt exceeds any sane cap; stop
+# exponentiating so huge attempt numbers cannot overflow a float.
+_MAX_DOUBLINGS = 60
+
+
+# --------------------------------------------------------------------------
+# Durations
+# --------------------------------------------------------------------------
+
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,  # U+00B5 MICRO SIGN, as Go prints it
+    "μs": 1e-6,  # U+03BC GREEK SMALL LETTER MU
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,  # Vault's parseutil accepts days; Go's time package does not
+}
+# Longest units first so "ms" is not read as "m" followed by garbage.
+_UNIT_ALTERNATION = "|".join(sorted(map(re.escape, _UNIT_SECONDS), key=len, reverse=True))
+_COMPONENT = re.compile(rf"(\d+(?:\.\d*)?|\.\d+)({_UNIT_ALTERNATION})")
+_PLAIN_NUMBER = re.compile(r"(\d+(?:\.\d*)?|\.\d+)")
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Parse a duration into seconds.
+
+    Accepts what Vault/OpenBao and their configs use: plain numbers (seconds,
+    as ints, floats or strings such as ``"30"``) and Go-style strings made of
+    number+unit components (``"30s"``, ``"5m"``, ``"1h30m"``, ``"768h"``,
+    ``"1.5h"``, ``"250ms"``, ``"7d"``). Durations are never negative: a TTL
+    below zero is always a bug upstream, so it is rejected rather than clamped.
+
+    Raises ``ValueError`` naming the offending text (durations are
+    configuration, never secrets).
+    """
+    if isinstance(value, bool):  # bool is an int subclass; True seconds is a bug
+        raise ValueError(f"invalid duration {value!r}: expected a number or a string like '30s'")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+        _check_seconds(seconds, value)
+        return seconds
+    if not isinstance(value, str):
+        raise ValueError(f"invalid duration of type {type(value).__name__}: expected str, int or float")
+
+    text = value.strip()
+    if not text:
+        raise ValueError("invalid duration '': empty")
+    if _PLAIN_NUMBER.fullmatch(text):
+        seconds = float(text)
+        _check_seconds(seconds, value)
+        return seconds
+    if text.startswith("-"):
+        raise ValueError(f"invalid duration {value!r}: must not be negative")
+
+    total = 0.0
+    pos = 0
+    for match in _COMPONENT.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or pos == 0:
+        raise ValueError(
+            f"invalid duration {value!r}: expected seconds or number+unit parts "
+            f"such as '30s', '5m', '1h30m' (units: {', '.join(_UNIT_SECONDS)})"
+        )
+    _check_seconds(total, value)
+    return total
+
+
+def _check_seconds(seconds: float, original: object) -> None:
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise ValueError(f"invalid duration {original!r}: must be finite")
+    if seconds < 0:
+        raise ValueError(f"invalid duration {original!r}: must not be negative")
+
+
+# --------------------------------------------------------------------------
+# Renewal timing
+# --------------------------------------------------------------------------
+
+
+def grace_period(lease_duration: float, rng: random.Random) -> float:
+    """A random 10–20 % of ``lease_duration``: the window before expiry in which
+    we stop renewing and re-issue instead.
+
+    Random per lease (as in OpenBao) so that many clients whose credentials
+    were issued together do not all re-login in the same second.
+    """
+    if lease_duration <= 0:
+        return 0.0
+    return lease_duration * rng.uniform(*_GRACE_RANGE)
+
+
+def _floor(remaining: float) -> float:
+    """The minimum delay while ``remaining`` seconds are left (see MIN_DELAY)."""
+    return min(MIN_DELAY, remaining / 2.0)
+
+
+def next_renewal_delay(
+    remaining_ttl: float, lease_duration: float, grace: float, rng: random.Random
+) -> float:
+    """Seconds to wait before renewing a lease that has ``remaining_ttl`` left.
+
+    OpenBao's rule: 2/3 of the remaining TTL plus a third of the grace period.
+    We draw the grace share fresh on every call (uniform in ``[0, grace/3]``)
+    so that successive renewals of the same lease keep spreading out, and we
+    clamp the result so the wake-up never falls inside the grace window
+    (``remaining - grace``): that window is reserved for re-issuing, which
+    needs time to succeed (and to be retried) before the lease is gone.
+
+    ``lease_duration`` is the lease's full duration as last granted; the
+    remaining TTL can never honestly exceed it, so a larger value (clock skew,
+    a caller mixing up fields) is clamped to it.
+
+    The result is never negative, never more than ``remaining_ttl``, and at
+    least ``MIN_DELAY`` unless less than ``2 * MIN_DELAY`` remains. It is 0.0
+    only when nothing remains: the lease has expired and must be re-issued.
+    """
+    remaining = max(0.0, remaining_ttl)
+    if lease_duration > 0:
+        remaining = min(remaining, lease_duration)
+    if remaining == 0.0:
+        return 0.0
+    grace = max(0.0, grace)
+    delay = _TWO_THIRDS * remaining + rng.uniform(0.0, grace / 3.0)
+    if remaining > grace:
+        delay = min(delay, remaining - grace)
+    else:
+        delay = 0.0  # already inside the grace window: act now (floored below)
+    return min(remaining, max(delay, _floor(remaining)))
+
+
+def refetch_delay_nonrenewable(ttl: float, rng: random.Random) -> float:
+    """Seconds to wait before re-fetching a secret whose lease cannot be renewed:
+    a random 85–95 % of ``ttl`` (consul-template's rule), floored like
+    :func:`next_renewal_delay`. 0.0 when ``ttl`` is 0 or less.
+    """
+    if ttl <= 0:
+        return 0.0
+    delay = ttl * rng.uniform(*_REFETCH_RANGE)
+    return min(ttl, max(delay, _floor(ttl)))
+
+
+class Action(enum.Enum):
+    """What to do next with a lease or token."""
+
+    RENEW = "renew"  #: renew it (token renew-self / sys/leases/renew) at ``at``
+    REISSUE = "reissue"  #: log in again / read the secret anew at ``at``
+    NOTHING = "nothing"  #: it never expires (TTL 0, e.g. static KV or a root token)
+
+
+@dataclass(frozen=True)
+class RenewalDecision:
+    """The plan for one lease or token after it was issued or renewed.
+
+    ``delay`` is seconds from the ``now`` the plan was made with; ``at`` is
+    ``now + delay``; both are ``None`` only for ``Action.NOTHING``.
+    ``expires_at`` is when the server says the lease ends (``None`` if never).
+    ``grace`` is the grace period to pass back into the next
+    :func:`plan_after_renewal` call (it is re-drawn while the lease keeps
+    extending, kept once it stops). ``reason`` is a short human/log string
+    (no secrets: it holds numbers only). ``max_ttl_reached`` is True when
+    renewing can no longer push the expiry out far enough (the server capped
+    the TTL, or what is left is within the grace window).
+    """
+
+    action: Action
+    delay: float | None
+    at: float | None
+    expires_at: float | None
+    grace: float
+    reason: str
+    max_ttl_reached: bool = False
+
+
+def _decision(
+    action: Action,
+    delay: float,
+    *,
+    now: float,
+    ttl: float,
+    grace: float,
+    reason: str,
+    max_ttl_reached: bool = False,
+) -> RenewalDecision:
+    return RenewalDecision(
+        action=action,
+        delay=delay,
+        at=now + delay,
+        expires_at=now + max(0.0, ttl),
+        grace=grace,
+        reason=reason,
+        max_ttl_reached=max_ttl_reached,
+    )
+
+
+def plan_new_lease(
+    ttl: float,
+    *,
+    renewable: bool,
+    now: float,
+    rng: random.Random,
+) -> RenewalDecision:
+    """Plan for a token or lease that was just issued with ``ttl`` seconds.
+
+    * ``ttl == 0`` means "never expires" in Vault's API (static KV reads, root
+      tokens): ``Action.NOTHING``.
+    * Renewable: renew at :func:`next_renewal_delay` (~2/3 of the TTL).
+    * Not renewable: re-issue at :func:`refetch_delay_nonrenewable` (85–95 %).
+    """
+    if ttl < 0:
+        raise ValueError(f"ttl must not be negative (got {ttl})")
+    if ttl == 0:
+        return RenewalDecision(Action.NOTHING, None, None, None, 0.0, "no expiry (ttl 0)")
+    grace = grace_period(ttl, rng)
+    if not renewable:
+        delay = refetch_delay_nonrenewable(ttl, rng)
+        return _decision(Action.REISSUE, delay, now=now, ttl=ttl, grace=grace, reason="not renewable")
+    delay = next_renewal_delay(ttl, ttl, grace, rng)
+    return _decision(Action.RENEW, delay, now=now, ttl=ttl, grace=grace, reason="renewable")
+
+
+def plan_after_renewal(
+    requested_increment: float | None,
+    returned_ttl: float,
+    previous_ttl: float | None,
+    grace: float | None,
+    *,
+    now: float,
+    rng: random.Random,
+    renewable: bool = True,
+    periodic: bool = False,
+    slack: float = 1.0,
+) -> RenewalDecision:
+    """Decide what to do after a successful renewal.
+
+    Arguments are what was asked and what the server answered:
+
+    ``requested_increment``
+        The increment sent with the renewal, or ``None``/0 if none was sent
+        (the server then applies its default).
+    ``returned_ttl``
+        The TTL (``lease_duration``) in the server's answer: the truth.
+    ``previous_ttl``
+        The TTL granted by the previous issue/renewal, or ``None``.
+    ``grace``
+        The grace period carried from the previous decision (``None`` on the
+        first renewal: drawn from ``returned_ttl``).
+    ``renewable``
+        The ``renewable`` flag of the answer; a lease can stop being renewable.
+    ``periodic``
+        Periodic tokens have no max TTL: every renewal returns the period, so a
+        shorter-than-requested TTL is normal and never means "re-issue".
+    ``slack``
+        Seconds of difference ignored when comparing TTLs (servers work in
+        whole seconds).
+
+    The lease is *capped* (its max TTL is in sight) when the server returned
+    less than was requested, or less than it granted the previous time. From
+    then on renewing cannot move the expiry, so we re-issue when the grace
+    window starts (``returned_ttl - grace``). A TTL that is already within the
+    grace window, or zero, means re-issue now (after the minimal floor).
+    """
+    if returned_ttl < 0:
+        raise ValueError(f"returned_ttl must not be negative (got {returned_ttl})")
+    ttl = float(returned_ttl)
+    if ttl == 0:
+        return _decision(
+            Action.REISSUE, 0.0, now=now, ttl=0.0, grace=0.0, reason="server returned ttl 0: expired"
+        )
+    if grace is None:
+        grace = grace_period(ttl, rng)
+    if not renewable:
+        delay = refetch_delay_nonrenewable(ttl, rng)
+        return _decision(
+            Action.REISSUE, delay, now=now, ttl=ttl, grace=grace, reason="lease no longer renewable"
+        )
+
+    if periodic:
+        capped = False
+        why = ""
+    else:
+        shorter_than_requested = bool(requested_increment) and ttl + slack < float(requested_increment or 0)
+        shorter_than_before = previous_ttl is not None and ttl + slack < previous_ttl
+        capped = shorter_than_requested or shorter_than_before
+        why = (
+            f"ttl {ttl:g}s < requested {float(requested_increment or 0):g}s"
+            if shorter_than_requested
+            else f"ttl {ttl:g}s < previous {float(previous_ttl or 0):g}s"
+        )
+
+    if capped:
+        # Keep the grace drawn while the lease was still extending: it is
+        # relative to the full lease, which is the window re-issuing needs.
+        delay = ttl - grace if ttl > grace else 0.0
+        delay = min(ttl, max(delay, _floor(ttl)))
+        return _decision(
+            Action.REISSUE,
+            delay,
+            now=now,
+            ttl=ttl,
+            grace=grace,
+            reason=f"max ttl reached ({why})",
+            max_ttl_reached=True,
+        )
+
+    if ttl <= grace and not periodic:
+        delay = min(ttl, _floor(ttl))
+        return _decision(
+            Action.REISSUE,
+            delay,
+            now=now,
+            ttl=ttl,
+            grace=grace,
+            reason=f"ttl {ttl:g}s within grace {grace:g}s",
+            max_ttl_reached=True,
+        )
+
+    # Still extending: draw a fresh grace for the new duration (as OpenBao does).
+    grace = grace_period(ttl, rng)
+    delay = next_renewal_delay(ttl, ttl, grace, rng)
+    return _decision(Action.RENEW, delay, now=now, ttl=ttl, grace=grace, reason="lease extended")
+
+
+# --------------------------------------------------------------------------
+# Backoff after failures
+# --------------------------------------------------------------------------
+
+
+def backoff_ceiling(attempt: int, base: float = 1.0, cap: float = 300.0) -> float:
+    """The deterministic upper bound for retry number ``attempt`` (0-based):
+    ``min(cap, base * 2**attempt)``. Monotonic non-decreasing in ``attempt``.
+    """
+    _check_backoff_args(attempt, base, cap)
+    if attempt >= _MAX_DOUBLINGS:
+        return cap
+    return min(cap, base * (2.0**attempt))
+
+
+def _check_backoff_args(attempt: int, base: float, cap: float) -> None:
+    if isinstance(attempt, bool) or not isinstance(attempt, int):
+        raise TypeError(f"attempt must be an int (got {type(attempt).__name__})")
+    if attempt < 0:
+        raise ValueError(f"attempt must be >= 0 (got {attempt})")
+    if not (base > 0 and math.isfinite(base)):
+        raise ValueError(f"base must be a positive finite number (got {base})")
+    if not (cap >= base and math.isfinite(cap)):
+        raise ValueError(f"cap must be finite and >= base (got cap={cap}, base={base})")
+
+
+def backoff_delay(
+    attempt: int,
+    base: float = 1.0,
+    cap: float = 300.0,
+    *,
+    rng: random.Random,
+) -> float:
+    """Seconds to wait before retry number ``attempt`` (0 for the first retry).
+
+    "Equal jitter": a uniform draw in ``[ceiling/2, ceiling]`` where
+    ``ceiling = min(cap, base * 2**attempt)``. Unlike full jitter it is never
+    (close to) zero, so a failing server is never hammered; unlike a fixed
+    exponential it stays spread out once the cap is reached, so clients that
+    failed together do not retry together. Never above ``cap``.
+    """
+    ceiling = backoff_ceiling(attempt, base, cap)
+    return ceiling * rng.uniform(0.5, 1.0)
+
+
+def retry_delay_before_expiry(
+    attempt: int,
+    expires_at: float | None,
+    now: float,
+    *,
+    rng: random.Random,
+    base: float = 1.0,
+    cap: float = 300.0,
+    margin: float = 5.0,
+) -> float | None:
+    """Backoff for a failed renewal/re-issue, bounded by the lease's expiry.
+
+    Returns seconds to wait, or ``None`` to give up — and gives up only when
+    the lease has really expired (``now >= expires_at``): until then there is
+    always one more attempt worth making. ``expires_at=None`` means the lease
+    never expires: plain :func:`backoff_delay`.
+
+    The retry is never scheduled past ``expires_at - margin``; when the
+    backoff would overshoot, the retry moves to that deadline. Once inside the
+    margin, retries go at half the time left (at least ``MIN_DELAY``, at most
+    the time left), so a handful of last attempts happen before expiry
+    without a busy loop.
+    """
+    delay = backoff_delay(attempt, base, cap, rng=rng)
+    if expires_at is None:
+        return delay
+    remaining = expires_at - now
+    if remaining <= 0:
+        return None
+    deadline = remaining - max(0.0, margin)
+    if deadline > 0:
+        return min(delay, deadline)
+    # Inside the safety margin: hurry, but never spin and never overshoot.
+    return min(remaining, max(min(delay, remaining / 2.0), MIN_DELAY))
