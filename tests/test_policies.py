@@ -203,3 +203,22 @@ def test_example_config_loads():
     api = s.services["api"]
     assert api.dynamic and api.destinations and api.rotate
     assert s.auth.method == "approle" and s.auth.secret_id_wrapped
+
+
+def test_shipped_migrator_policy_is_exactly_enough_for_migrate(root, cli, tmp_path):
+    res = cli("policies", "apply", str(ROOT / "policies"))
+    assert res.code == 0, res.output
+    token = root.auth.token.create(policies=["vaultsync-migrator"], no_default_policy=True, ttl="5m")["auth"]["client_token"]
+    service = "mig-" + uuid.uuid4().hex[:8]
+    env_file = tmp_path / service / ".env"
+    env_file.parent.mkdir()
+    env_file.write_text("A=1\nB=2\n")
+    first = cli("migrate", str(env_file), env={"VAULT_TOKEN": token})  # mount "secret", version detected
+    assert first.code == 0, first.output
+    second = cli("migrate", "--output", "json", str(env_file), env={"VAULT_TOKEN": token})
+    assert second.code == 0 and json.loads(second.stdout)["plan"]["writes"] == 0
+    outside = cli("migrate", "--path", f"elsewhere/{service}", str(env_file), env={"VAULT_TOKEN": token})
+    assert outside.code == 1 and "permission denied" in outside.stderr
+    client = hvac.Client(url=root.url, token=token)
+    with pytest.raises(hvac.exceptions.Forbidden):
+        client.sys.list_acl_policies()
