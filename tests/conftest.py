@@ -34,6 +34,7 @@ class Server:
     addr: str
     token: str
     origin: str
+    pid: int | None = None  # set when this session started the server process
 
 
 def _docker_answers() -> bool:
@@ -60,7 +61,7 @@ def vault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if binary:
         server = devserver.start(state_dir=tmp_path_factory.mktemp("vault"), binary=binary)
         try:
-            yield Server(server.addr, server.token, binary)
+            yield Server(server.addr, server.token, binary, server.pid)
         finally:
             server.stop()
         return
@@ -151,6 +152,6 @@ def fresh_vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server of this test's own, for tests that change server-wide state (e.g. pruning policies)."""
     server = devserver.start(state_dir=tmp_path_factory.mktemp("vault-own"))
     try:
-        yield Server(server.addr, server.token, "own")
+        yield Server(server.addr, server.token, "own", server.pid)
     finally:
         server.stop()

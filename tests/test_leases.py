@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from vaultsync import leases
 from vaultsync.leases import (
     MIN_DELAY,
     Action,
@@ -355,3 +356,28 @@ def test_retry_without_expiry_is_plain_backoff():
     a = retry_delay_before_expiry(5, None, 0.0, rng=random.Random(9))
     b = backoff_delay(5, rng=random.Random(9))
     assert a == b
+
+
+class TestReissueEarly:
+    def _capped(self, now: float = 100.0, ttl: float = 6.0):
+        import random as _r
+
+        return leases.plan_after_renewal(10.0, ttl, 10.0, 1.0, now=now, rng=_r.Random(1))
+
+    def test_moves_a_capped_reissue_to_lead_seconds_before_expiry(self):
+        d = self._capped()
+        assert d.action is leases.Action.REISSUE and d.max_ttl_reached
+        early = leases.reissue_early(d, now=100.0, lead=4.0)
+        assert early.at == pytest.approx(102.0) and early.delay == pytest.approx(2.0)
+        assert early.expires_at == d.expires_at
+
+    def test_never_before_now_and_never_later_than_planned(self):
+        d = self._capped()
+        assert leases.reissue_early(d, now=100.0, lead=60.0).at == 100.0
+        assert leases.reissue_early(d, now=100.0, lead=0.0).at == d.at
+
+    def test_leaves_renewals_alone(self):
+        import random as _r
+
+        d = leases.plan_new_lease(30.0, renewable=True, now=0.0, rng=_r.Random(2))
+        assert leases.reissue_early(d, now=0.0, lead=10.0) is d

@@ -76,8 +76,11 @@ def renew_self(client: hvac.Client, increment: float | None = None) -> TokenStat
     return _from_auth(resp["auth"], "renew")
 
 
-def login(client: hvac.Client, vault: VaultSettings, auth: AuthSettings) -> TokenState:
-    """Authenticate ``client`` (sets its token) and return the token's state."""
+def login(client: hvac.Client, vault: VaultSettings, auth: AuthSettings, *, secret_id: str | None = None) -> TokenState:
+    """Authenticate ``client`` (sets its token) and return the token's state.
+
+    For AppRole, ``secret_id`` is one already read (a daemon keeps it to log in again
+    after its token's max TTL, when the file may be gone); else it is read from its file."""
     if auth.method == "token":
         token = resolve_token(vault)
         if not token:
@@ -86,7 +89,7 @@ def login(client: hvac.Client, vault: VaultSettings, auth: AuthSettings) -> Toke
         register_secret(token)
         return lookup_self(client)
     role_id = _read_file(auth.role_id_file, "role_id_file")
-    secret_id = read_secret_id(client, auth)
+    secret_id = secret_id or read_secret_id(client, auth)
     try:
         resp = client.auth.approle.login(role_id=role_id, secret_id=secret_id, mount_point=auth.mount, use_token=True)
     except Exception as exc:  # noqa: BLE001

@@ -266,3 +266,75 @@ def approle_credentials(state: State, service: str, out_dir: str | None, to_stdo
     paths = auth.write_credentials(creds, out_dir)  # type: ignore[arg-type]
     vlog.get_logger().info("credentials written", service=service, wrapped=creds.wrapped, folder=str(out_dir))
     click.echo(f"Wrote role_id and {kind} for {service}: {', '.join(str(p) for p in paths)}")
+
+
+# --- daemon, render, status -------------------------------------------------------------------
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--metrics-addr", help="Listen address for /metrics, /healthz, /readyz, /status [default: 127.0.0.1:9464].")
+@click.pass_obj
+@handle_errors
+def daemon(state: State, metrics_addr: str | None) -> None:
+    """Log in, keep the token and leases renewed, render env files, rotate owned keys.
+
+    SIGHUP reloads the config; SIGTERM/SIGINT stop after in-flight work."""
+    from vaultsync.daemon import Daemon
+
+    s = state.settings(**{"daemon.metrics_addr": metrics_addr})
+    if not s.services:
+        raise ConfigError("no [services.<name>] in the config: nothing to do")
+    sys.exit(Daemon(s, config_path=state.config_path).run_forever())
+
+
+@main.command("render", context_settings=CONTEXT)
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_obj
+@handle_errors
+def render_cmd(state: State, output: str) -> None:
+    """Render every destination once (for cron or CI) and run hooks for files that changed.
+
+    Exit 1 if any destination failed (the others are still rendered)."""
+    from vaultsync.daemon import render_once
+
+    results = render_once(state.settings())
+    if output == "json":
+        click.echo(json.dumps(results, indent=2))
+    else:
+        for service, dests in results.items():
+            for path, result in dests.items():
+                click.echo(f"{service}: {path}: {result}")
+    if any(r == "failure" for dests in results.values() for r in dests.values()):
+        sys.exit(1)
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--metrics-addr", help="Where the daemon listens [default: from the config, 127.0.0.1:9464].")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_obj
+@handle_errors
+def status(state: State, metrics_addr: str | None, output: str) -> None:
+    """Ask the running daemon: token and lease time left, last renewals, render status."""
+    import requests
+
+    from vaultsync.errors import VaultsyncError
+
+    s = state.settings(**{"daemon.metrics_addr": metrics_addr})
+    try:
+        doc = requests.get(f"http://{s.daemon.metrics_addr}/status", timeout=5).json()
+    except (requests.RequestException, ValueError):
+        raise VaultsyncError(f"no daemon answers at {s.daemon.metrics_addr} (is `vaultsync daemon` running?)") from None
+    if output == "json":
+        click.echo(json.dumps(doc, indent=2))
+        return
+    tok = doc["token"]
+    left = "never expires" if tok["time_left"] is None else f"{tok['time_left']:.0f}s left"
+    click.echo(f"ready: {doc['ready']}   token ({tok['method']}): {'authenticated' if tok['authenticated'] else 'NOT authenticated'}, {left}")
+    for name, svc in doc["services"].items():
+        kv = svc["kv"]
+        click.echo(f"{name}: kv {kv['path']} v{kv['version']}{'' if kv['found'] else ' (not found)'}")
+        for lname, lease in svc["leases"].items():
+            click.echo(f"  lease {lname}: {lease['time_left']:.0f}s left, next: {lease['next']}")
+        for path, dest in svc["destinations"].items():
+            err = f" ({dest['error']})" if dest["error"] else ""
+            click.echo(f"  {path}: {dest['result']}{err}")

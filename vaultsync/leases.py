@@ -36,6 +36,7 @@ __all__ = [
     "refetch_delay_nonrenewable",
     "plan_new_lease",
     "plan_after_renewal",
+    "reissue_early",
     "backoff_ceiling",
     "backoff_delay",
     "retry_delay_before_expiry",
@@ -375,6 +376,17 @@ def plan_after_renewal(
     grace = grace_period(ttl, rng)
     delay = next_renewal_delay(ttl, ttl, grace, rng)
     return _decision(Action.RENEW, delay, now=now, ttl=ttl, grace=grace, reason="lease extended")
+
+
+def reissue_early(decision: RenewalDecision, *, now: float, lead: float) -> RenewalDecision:
+    """Move a max-TTL re-issue earlier so new credentials exist ``lead`` seconds
+    before the old lease expires (time for the service to switch before the old
+    lease is revoked). Never earlier than ``now``; other decisions are returned as is."""
+    if decision.action is not Action.REISSUE or not decision.max_ttl_reached or decision.expires_at is None:
+        return decision
+    at = max(now, min(decision.at if decision.at is not None else now, decision.expires_at - lead))
+    return RenewalDecision(decision.action, at - now, at, decision.expires_at, decision.grace,
+                           decision.reason + f"; {lead:g}s before expiry", True)
 
 
 # --------------------------------------------------------------------------

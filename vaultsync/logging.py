@@ -26,7 +26,8 @@ from structlog.tracebacks import ExceptionDictTransformer
 REDACTED = "[redacted]"
 
 _SECRET_FIELD = re.compile(
-    r"(^|_)(token|secret|secret_id|password|passwd|value|values|data|credential|credentials|"
+    # Not plain "secret": that field names a secret from the config (e.g. "db"), never its value.
+    r"(^|_)(token|secret_id|client_secret|password|passwd|value|values|data|credential|credentials|"
     r"private_key|client_token|accessor|wrap(ping)?_token|authorization)$",
     re.IGNORECASE,
 )

@@ -21,14 +21,15 @@ from vaultsync.errors import ConfigError, Conflict, VaultError
 from vaultsync.logging import register_secret
 
 
-def make_client(settings: VaultSettings, *, pool_size: int = 10, token: str | None = None) -> hvac.Client:
-    """An hvac client with TLS verification on unless the settings turn it off."""
+def make_client(settings: VaultSettings, *, pool_size: int = 10, token: str | None = None, adapter: HTTPAdapter | None = None) -> hvac.Client:
+    """An hvac client with TLS verification on unless the settings turn it off.
+    ``adapter`` replaces the connection pool (the daemon passes one that counts requests)."""
     session = requests.Session()
     # requests re-reads every proxy variable of the environment on each request when
     # trust_env is on (a measurable share of a migration's CPU); resolve them once.
     proxies = requests.utils.get_environ_proxies(settings.addr)
     session.trust_env = False
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(pool_size, 1))
+    adapter = adapter or HTTPAdapter(pool_connections=1, pool_maxsize=max(pool_size, 1))
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     verify: bool | str = settings.tls_verify

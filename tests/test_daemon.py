@@ -1,0 +1,328 @@
+"""`vaultsync daemon` against a real server and a real PostgreSQL behind the database secrets engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import hvac
+import psycopg
+import pytest
+from dotenv import dotenv_values
+
+from tests.daemon_harness import DaemonProc, daemon_env, wait_for
+from tests.fixtures_servers import PostgresServer
+
+HOOK = [sys.executable, "-c", "import sys, time; open(sys.argv[1], 'a').write(f'{time.time()}\\n')"]
+
+
+def short_token(root: hvac.Client, ttl: str = "1h") -> str:
+    """A renewable child token (the daemon's identity in these tests)."""
+    return root.auth.token.create(policies=["root"], ttl=ttl, renewable=True)["auth"]["client_token"]
+
+
+def database_engine(root: hvac.Client, pg: PostgresServer, *, default_ttl: str = "5s", max_ttl: str = "20s") -> str:
+    """Enable the database secrets engine on a fresh mount with role `api` on the real PostgreSQL."""
+    mount = "db-" + uuid.uuid4().hex[:8]
+    root.sys.enable_secrets_engine("database", path=mount)
+    root.adapter.post(f"/v1/{mount}/config/pg", json={
+        "plugin_name": "postgresql-database-plugin",
+        "connection_url": f"postgresql://{{{{username}}}}:{{{{password}}}}@{pg.host}:{pg.port}/postgres?sslmode=disable",
+        "username": pg.admin_user, "password": pg.admin_password, "allowed_roles": ["api"],
+        "verify_connection": True,
+    })
+    root.adapter.post(f"/v1/{mount}/roles/api", json={
+        "db_name": "pg",
+        "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
+        "default_ttl": default_ttl, "max_ttl": max_ttl,
+    })
+    return mount
+
+
+def config(tmp_path: Path, kv: str, body: str, *, poll: str = "1s", grace: str = "3s", extra: str = "") -> Path:
+    path = tmp_path / "vaultsync.toml"
+    path.write_text(
+        f'[vault]\ntimeout = "3s"\n\n[kv]\nmount = "{kv}"\nprefix = "compose"\n\n'
+        f'[daemon]\npoll_interval = "{poll}"\nlease_revoke_grace = "{grace}"\n{extra}\n\n{body}'
+    )
+    return path
+
+
+def can_login(pg: PostgresServer, user: str, password: str) -> bool:
+    try:
+        with pg.connect(user, password) as conn:
+            conn.execute("select 1")
+        return True
+    except psycopg.OperationalError:
+        return False
+
+
+def role_exists(pg: PostgresServer, user: str) -> bool:
+    with pg.connect() as conn:
+        return conn.execute("select 1 from pg_roles where rolname = %s", (user,)).fetchone() is not None
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    d = tmp_path / "work"
+    d.mkdir()
+    return d
+
+
+def test_lease_renewed_until_max_ttl_then_reissued_rendered_hooked_and_old_revoked(kv2, root, vault_server, postgres_server, workdir):
+    db = database_engine(root, postgres_server, default_ttl="5s", max_ttl="20s")
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"APP": "x"}, mount_point=kv2)
+    cfg = config(workdir, kv2, f"""
+[services.api]
+dynamic = {{ db = "{db}/creds/api" }}
+[[services.api.destinations]]
+path = "out/api.env"
+command = {json.dumps(HOOK + [str(workdir / "hooks.log")])}
+""", grace="1s")
+    d = DaemonProc(cfg, daemon_env(vault_server.addr, short_token(root), workdir), workdir).start()
+    try:
+        env_file = workdir / "out" / "api.env"
+        first = dotenv_values(env_file)
+        assert first["APP"] == "x" and first["DB_USERNAME"] and first["DB_PASSWORD"]
+        assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+        assert can_login(postgres_server, first["DB_USERNAME"], first["DB_PASSWORD"])
+        issued = time.time()
+        # Renewals keep the same lease (and user) alive past its 5 s TTL...
+        wait_for(lambda: d.count("lease renewed") >= 2, 15, "two lease renewals")
+        assert dotenv_values(env_file)["DB_USERNAME"] == first["DB_USERNAME"]
+        assert time.time() - issued > 5
+        assert can_login(postgres_server, first["DB_USERNAME"], first["DB_PASSWORD"])
+        # ...until the max TTL (20 s): then new credentials, a new file, the hook.
+        second = wait_for(lambda: (v := dotenv_values(env_file))["DB_USERNAME"] != first["DB_USERNAME"] and v, 25, "re-issued credentials")
+        assert time.time() - issued < 20, "re-issued only after the old lease had expired"
+        assert can_login(postgres_server, second["DB_USERNAME"], second["DB_PASSWORD"])
+        hooks = wait_for(lambda: len((workdir / "hooks.log").read_text().splitlines()) >= 2 and (workdir / "hooks.log").read_text(), 5, "hook runs")
+        assert len(hooks.splitlines()) == 2  # start + re-issue; renewals do not re-render
+        # The old lease is revoked after the grace period: its database user is dropped.
+        wait_for(lambda: not role_exists(postgres_server, first["DB_USERNAME"]), 10, "old lease revoked")
+        assert d.count("old lease revoked") >= 1
+        assert d.metric("vaultsync_lease_expiry_timestamp_seconds", service="api", secret="db") > time.time()
+        assert d.metric("vaultsync_renewals_total", kind="lease", result="success") >= 2
+        assert d.metric("vaultsync_render_total", service="api", destination="api.env", result="success") == 2
+    finally:
+        d.stop()
+    logs = d.log.read_text()
+    assert first["DB_PASSWORD"] not in logs and second["DB_PASSWORD"] not in logs
+
+
+def test_kv_change_reaches_the_file_within_one_poll_interval(kv2, root, vault_server, workdir):
+    root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"COLOR": "blue"}, mount_point=kv2)
+    cfg = config(workdir, kv2, '[services.web]\n[[services.web.destinations]]\npath = "web.env"\nstyle = "shell"\n', poll="2s")
+    d = DaemonProc(cfg, daemon_env(vault_server.addr, short_token(root), workdir), workdir).start()
+    try:
+        assert (workdir / "web.env").read_text() == "export COLOR='blue'\n"
+        assert d.metric("vaultsync_secret_version", service="web", secret="kv") == 1
+        root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"COLOR": "green"}, mount_point=kv2)
+        changed = time.monotonic()
+        wait_for(lambda: "green" in (workdir / "web.env").read_text(), 3, "the new version in the file")
+        assert time.monotonic() - changed <= 2.5
+        assert d.metric("vaultsync_secret_version", service="web", secret="kv") == 2
+    finally:
+        d.stop()
+
+
+def test_one_failing_destination_blocks_no_other_and_keeps_its_old_file(kv2, root, vault_server, workdir):
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"PEM": "line1\nline2", "A": "1"}, mount_point=kv2)
+    (workdir / "api.docker").write_text("OLD=good\n")
+    cfg = config(workdir, kv2, """
+[services.api]
+[[services.api.destinations]]
+path = "api.docker"
+style = "docker"
+[[services.api.destinations]]
+path = "api.env"
+[[services.api.destinations]]
+path = "api.sh"
+style = "shell"
+""")
+    d = DaemonProc(cfg, daemon_env(vault_server.addr, short_token(root), workdir), workdir).start(wait_ready=False)
+    try:
+        wait_for(lambda: (workdir / "api.sh").exists() and (workdir / "api.env").exists(), 10, "the good destinations")
+        assert dotenv_values(workdir / "api.env") == {"PEM": "line1\nline2", "A": "1"}
+        assert (workdir / "api.docker").read_text() == "OLD=good\n"
+        assert d.metric("vaultsync_render_total", service="api", destination="api.docker", result="failure") >= 1
+        assert d._get("/readyz").status_code == 503
+        status = d.status()["services"]["api"]["destinations"]
+        assert status[str(workdir / "api.docker")]["result"] == "failure"
+        assert "line break" in status[str(workdir / "api.docker")]["error"] and "line1" not in status[str(workdir / "api.docker")]["error"]
+    finally:
+        d.stop()
+
+
+def test_server_outage_files_untouched_failures_counted_requests_bounded_then_recovery(kv2, fresh_vault, postgres_server, workdir):
+    root = hvac.Client(url=fresh_vault.addr, token=fresh_vault.token)
+    root.sys.enable_secrets_engine("kv", path=kv2, options={"version": "2"})
+    db = database_engine(root, postgres_server, default_ttl="6s", max_ttl="60s")
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"APP": "x"}, mount_point=kv2)
+    cfg = config(workdir, kv2, f'[services.api]\ndynamic = {{ db = "{db}/creds/api" }}\n[[services.api.destinations]]\npath = "api.env"\n', poll="1s")
+    d = DaemonProc(cfg, daemon_env(fresh_vault.addr, short_token(root), workdir), workdir).start()
+    env_file = workdir / "api.env"
+    try:
+        before = env_file.read_bytes(), env_file.stat().st_mtime_ns
+        assert d.metric("vaultsync_vault_up") == 1
+        requests_before = d.metric("vaultsync_vault_requests_total", result="error") + d.metric("vaultsync_vault_requests_total", result="ok")
+        os.kill(fresh_vault.pid, signal.SIGSTOP)  # the server stops answering (a hung or partitioned server)
+        try:
+            wait_for(lambda: d.metric("vaultsync_vault_up") == 0, 15, "vault_up 0")
+            time.sleep(30)
+            assert (env_file.read_bytes(), env_file.stat().st_mtime_ns) == before, "a file changed during the outage"
+            assert d.metric("vaultsync_vault_up") == 0
+            failures = d.metric("vaultsync_vault_requests_total", result="error")
+            assert failures >= 3
+            sent = failures + d.metric("vaultsync_vault_requests_total", result="ok") - requests_before
+            # kv poll (1 s) + lease renewal + token: backed off, not ~1/s each.
+            assert sent <= 30, f"{sent} requests during a 30 s outage"
+        finally:
+            os.kill(fresh_vault.pid, signal.SIGCONT)
+        wait_for(lambda: d.metric("vaultsync_vault_up") == 1, 30, "vault_up back to 1")
+        # The lease expired during the outage: new credentials are issued and rendered.
+        creds = wait_for(lambda: (v := dotenv_values(env_file))["DB_USERNAME"] != dotenv_values(stream=__import__("io").StringIO(before[0].decode()))["DB_USERNAME"] and v, 40, "re-rendered credentials")
+        wait_for(lambda: can_login(postgres_server, creds["DB_USERNAME"], creds["DB_PASSWORD"]), 10, "new credentials log in")
+        assert d._get("/readyz").status_code == 200
+    finally:
+        d.stop()
+
+
+def test_sigkill_during_renders_never_leaves_a_torn_file(kv2, root, vault_server, workdir):
+    size = 200_000
+    payloads = [c * size for c in "ABCD"]
+    root.secrets.kv.v2.create_or_update_secret(path="compose/big", secret={"BLOB": payloads[0]}, mount_point=kv2)
+    cfg = config(workdir, kv2, '[services.big]\n[[services.big.destinations]]\npath = "big.env"\n', poll="0.05s")
+    env = daemon_env(vault_server.addr, short_token(root), workdir)
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            root.secrets.kv.v2.create_or_update_secret(path="compose/big", secret={"BLOB": payloads[i % 4]}, mount_point=kv2)
+            time.sleep(0.02)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    rng = random.Random(7)
+    renders = 0
+    try:
+        for round_ in range(6):
+            d = DaemonProc(cfg, env, workdir, name=f"daemon{round_}").start()
+            time.sleep(rng.uniform(0.3, 1.2))
+            d.kill()
+            renders += d.count("rendered")
+            value = dotenv_values(workdir / "big.env")["BLOB"]
+            assert value in payloads, f"torn file after SIGKILL in round {round_}: {len(value)} bytes"
+    finally:
+        stop.set()
+        t.join()
+    assert renders >= 12, "the kills did not land among renders"
+    d = DaemonProc(cfg, env, workdir, name="final").start()
+    d.stop()
+    assert not [p for p in workdir.iterdir() if p.name.startswith(".big.env.")], "temp files left after restart"
+
+
+def test_two_daemons_rotate_each_owned_secret_once_per_period(kv2, root, vault_server, workdir):
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"STATIC": "s"}, mount_point=kv2)
+    body = '[services.api]\n[[services.api.rotate]]\nkey = "SESSION_SECRET"\ngenerator = "hex"\nlength = 16\nevery = "4s"\n'
+    cfg = config(workdir, kv2, body, extra='lock_ttl = "10s"')
+    token = short_token(root)
+    a = DaemonProc(cfg, daemon_env(vault_server.addr, token, workdir), workdir, name="a").start()
+    b = DaemonProc(cfg, daemon_env(vault_server.addr, token, workdir), workdir, name="b").start()
+    try:
+        time.sleep(14)
+    finally:
+        a.stop()
+        b.stop()
+    meta = root.secrets.kv.v2.read_secret_metadata(path="compose/api", mount_point=kv2)["data"]
+    versions = sorted(meta["versions"].items(), key=lambda kv: int(kv[0]))
+    created = [_ts(v["created_time"]) for _, v in versions[1:]]  # version 1 is the test's own write
+    rotations = a.count("rotated") + b.count("rotated")
+    assert rotations == len(created) and 3 <= rotations <= 5, f"{rotations} rotations in 14 s with every = 4 s"
+    gaps = [b2 - b1 for b1, b2 in zip(created, created[1:])]
+    assert all(g >= 3.9 for g in gaps), f"rotated twice within one period: gaps {gaps}"
+    data = root.secrets.kv.v2.read_secret_version(path="compose/api", mount_point=kv2, raise_on_deleted_version=True)["data"]["data"]
+    assert data["STATIC"] == "s" and len(data["SESSION_SECRET"]) == 32
+    assert data["SESSION_SECRET"] not in a.log.read_text() + b.log.read_text()
+
+
+def _ts(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")[:26] + "+00:00" if "." in iso else iso.replace("Z", "+00:00")).timestamp()
+
+
+def test_sighup_reload_adds_and_removes_services_and_status_reports(kv2, root, vault_server, workdir):
+    for n in ("one", "two"):
+        root.secrets.kv.v2.create_or_update_secret(path=f"compose/{n}", secret={"N": n}, mount_point=kv2)
+    svc = '[services.{n}]\n[[services.{n}.destinations]]\npath = "{n}.env"\n'
+    cfg = config(workdir, kv2, svc.format(n="one"))
+    d = DaemonProc(cfg, daemon_env(vault_server.addr, short_token(root), workdir), workdir).start()
+    try:
+        assert not (workdir / "two.env").exists()
+        cfg.write_text(cfg.read_text() + svc.format(n="two"))
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: (workdir / "two.env").exists(), 10, "the added service's file")
+        assert dotenv_values(workdir / "two.env") == {"N": "two"}
+        cfg.write_text(cfg.read_text().replace(svc.format(n="one"), ""))
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: set(d.status()["services"]) == {"two"}, 10, "service one removed")
+        assert ("vaultsync_last_render_success_timestamp_seconds", (("destination", "one.env"), ("service", "one"))) not in d.metrics()
+        cfg.write_text("this is = not toml [")
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: d.count("reload failed, keeping the running config") == 1, 10, "a bad reload refused")
+        st = d.status()
+        assert st["ready"] and st["token"]["authenticated"] and 3000 < st["token"]["time_left"] <= 3600
+    finally:
+        assert d.stop() == 0
+
+
+def test_sigterm_with_revoke_on_exit_revokes_leases_and_token(kv2, root, vault_server, postgres_server, workdir):
+    db = database_engine(root, postgres_server, default_ttl="1m", max_ttl="5m")
+    cfg = config(workdir, kv2, f'[services.api]\ndynamic = {{ db = "{db}/creds/api" }}\n[[services.api.destinations]]\npath = "api.env"\n',
+                 extra="revoke_on_exit = true")
+    token = short_token(root)
+    d = DaemonProc(cfg, daemon_env(vault_server.addr, token, workdir), workdir).start()
+    creds = dotenv_values(workdir / "api.env")
+    assert role_exists(postgres_server, creds["DB_USERNAME"])
+    assert d.stop() == 0
+    assert not role_exists(postgres_server, creds["DB_USERNAME"])
+    with pytest.raises(hvac.exceptions.Forbidden):
+        hvac.Client(url=vault_server.addr, token=token).auth.token.lookup_self()
+
+
+def test_metrics_contract_is_exported_from_the_start(kv2, root, vault_server, workdir):
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"A": "1"}, mount_point=kv2)
+    cfg = config(workdir, kv2, '[services.api]\n[[services.api.destinations]]\npath = "api.env"\n')
+    d = DaemonProc(cfg, daemon_env(vault_server.addr, short_token(root), workdir), workdir).start()
+    try:
+        names = {name for name, _ in d.metrics()}
+        for expected in ("vaultsync_token_expiry_timestamp_seconds", "vaultsync_renewals_total", "vaultsync_logins_total",
+                         "vaultsync_render_total", "vaultsync_last_render_success_timestamp_seconds", "vaultsync_rotations_total",
+                         "vaultsync_secret_version", "vaultsync_vault_up", "vaultsync_build_info"):
+            assert expected in names, expected
+        assert d.metric("vaultsync_renewals_total", kind="lease", result="failure") == 0
+        assert d.metric("vaultsync_logins_total", method="token", result="success") == 1
+        assert abs(d.metric("vaultsync_token_expiry_timestamp_seconds") - (time.time() + 3600)) < 60
+    finally:
+        d.stop()
+
+
+def test_render_command_one_shot(kv2, root, vault_server, cli, workdir):
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"A": "1"}, mount_point=kv2)
+    cfg = config(workdir, kv2, '[services.api]\n[[services.api.destinations]]\npath = "api.env"\n[[services.api.destinations]]\npath = "api.sh"\nstyle = "shell"\n')
+    res = cli("--config", str(cfg), "render", "--output", "json")
+    assert res.code == 0, res.output
+    assert set(json.loads(res.stdout)["api"].values()) == {"success"}
+    again = cli("--config", str(cfg), "render", "--output", "json")
+    assert set(json.loads(again.stdout)["api"].values()) == {"unchanged"}
+    assert (workdir / "api.sh").read_text() == "export A='1'\n"

@@ -1,0 +1,674 @@
+"""``vaultsync daemon``: keep the token and every lease alive, render env files, rotate owned keys.
+
+Wiring only: *when* comes from :mod:`vaultsync.leases` (pure timing maths), *how a
+file is written* from :mod:`vaultsync.render` and :mod:`vaultsync.formats`, logins
+from :mod:`vaultsync.auth`. Each token, lease, KV secret, destination and rotated key
+has one APScheduler job, rescheduled after each attempt at the time the maths gives.
+Every failure backs off (exponential, capped, jittered) and never past the expiry of
+what it protects; nothing retries in a loop.
+
+Lock order: ``self._lock`` (daemon-wide state) may be taken while holding a service's
+``lock``; never the other way around.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+import hvac
+import hvac.exceptions
+from apscheduler.executors.pool import ThreadPoolExecutor as APThreadPool
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from vaultsync import __version__, auth, config, formats, leases, render, rotation
+from vaultsync.config import Destination, ServiceSettings, Settings
+from vaultsync.errors import VaultError, VaultsyncError
+from vaultsync.logging import get_logger, register_secret
+from vaultsync.metrics import HealthServer, Metrics
+from vaultsync.vault import KV, describe, detect_kv_version, make_client
+
+log = get_logger("vaultsync.daemon")
+
+BACKOFF_BASE, BACKOFF_CAP = 1.0, 300.0
+
+
+# --- state ---------------------------------------------------------------------------
+
+
+@dataclass
+class Lease:
+    """One dynamic secret's current lease."""
+
+    service: str
+    name: str
+    path: str
+    lease_id: str = field(repr=False)
+    data: dict[str, Any] = field(repr=False)
+    ttl: float
+    renewable: bool
+    issued_at: float
+    expires_at: float
+    decision: leases.RenewalDecision
+    granted: float = 0.0  # the TTL the last issue/renewal returned
+    last_renewal: float | None = None
+    attempt: int = 0  # consecutive failures
+
+
+@dataclass
+class DestinationState:
+    last_result: str = "pending"
+    last_success: float | None = None
+    error: str | None = None
+    window: render.WaitWindow | None = None
+
+
+@dataclass
+class ServiceState:
+    settings: ServiceSettings
+    kv_data: dict[str, Any] | None = field(default=None, repr=False)
+    kv_version: int = 0
+    kv_attempt: int = 0
+    leases: dict[str, Lease] = field(default_factory=dict)
+    destinations: dict[str, DestinationState] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+@dataclass
+class TokenInfo:
+    state: auth.TokenState | None = None  # as of login: its ttl is what renewals ask for
+    expires_at: float | None = None  # None: never (or unknown before login)
+    granted: float = 0.0  # the TTL the last login/renewal returned
+    decision: leases.RenewalDecision | None = None
+    last_renewal: float | None = None
+    attempt: int = 0
+
+
+def service_values(svc: ServiceState) -> dict[str, str]:
+    """What a service's destinations render: its KV keys, then ``<NAME>_<FIELD>`` of each
+    dynamic secret (e.g. ``DB_USERNAME``). Non-string KV values are JSON-encoded."""
+    import json
+
+    values: dict[str, str] = {}
+    for key, value in (svc.kv_data or {}).items():
+        values[key] = value if isinstance(value, str) else json.dumps(value)
+    for name, lease in sorted(svc.leases.items()):
+        for field_name, value in lease.data.items():
+            values[f"{name}_{field_name}".upper()] = value if isinstance(value, str) else json.dumps(value)
+    return values
+
+
+# --- the daemon --------------------------------------------------------------------------
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: str | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        serve_http: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.rng = rng or random.SystemRandom()
+        self.holder = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.client = make_client(settings.vault, pool_size=8, adapter=self.metrics.counting_adapter(8))
+        self.kv: KV | None = None
+        self.token = TokenInfo()
+        self.services: dict[str, ServiceState] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._secret_id: str | None = None  # kept for logins after max TTL (its file may be gone)
+        self.scheduler = BackgroundScheduler(
+            executors={"default": APThreadPool(8)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=timezone.utc,
+        )
+        self.http: HealthServer | None = None
+        if serve_http and settings.daemon.metrics_addr:
+            self.http = HealthServer(settings.daemon.metrics_addr, self.metrics, self.ready, self.status)
+
+    # -- scheduling helpers ---------------------------------------------------------------
+
+    def _at(self, job_id: str, when: float, fn: Callable[..., Any], *args: Any) -> None:
+        if self._stop.is_set():
+            return
+        run_date = datetime.fromtimestamp(max(when, self.clock()), tz=timezone.utc)
+        self.scheduler.add_job(self._guard(job_id, fn), "date", run_date=run_date, id=job_id, replace_existing=True, args=args)
+
+    def _guard(self, job_id: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> None:
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001 - a job must never die silently or kill the scheduler
+                log.exception("job crashed", job=job_id)
+
+        return run
+
+    def _retry_delay(self, attempt: int, expires_at: float | None) -> float | None:
+        now = self.clock()
+        if expires_at is None:
+            return leases.backoff_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
+        return leases.retry_delay_before_expiry(attempt, expires_at, now, rng=self.rng, base=BACKOFF_BASE, cap=BACKOFF_CAP)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Log in (retrying with backoff until it works or we are stopped), read and render
+        everything once, then hand over to the scheduler."""
+        os.umask(0o077)
+        try:
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core dump full of secrets
+        except (ValueError, OSError):
+            pass
+        if self.http:
+            self.http.start()
+            log.info("serving metrics", addr=self.http.address)
+        self.metrics.prime(self.settings.auth.method, self.settings.services.values())
+        self.metrics.vault_up.set(0)
+        attempt = 0
+        while not self._stop.is_set():
+            if self._login():
+                break
+            delay = leases.backoff_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
+            attempt += 1
+            log.warning("login failed, retrying", retry_in=round(delay, 2))
+            self._stop.wait(delay)
+        if self._stop.is_set():
+            return
+        s = self.settings
+        self.kv = KV(self.client, s.kv.mount, s.kv.version or detect_kv_version(self.client, s.kv.mount))
+        self.scheduler.start()
+        for svc in self.settings.services.values():
+            self._add_service(svc)
+        log.info("daemon started", services=len(self.services), version=__version__)
+
+    def run_forever(self) -> int:
+        """Main thread: signals in, stop on SIGTERM/SIGINT, reload on SIGHUP."""
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        self.start()
+        while not self._stop.is_set():
+            self._stop.wait(0.5)
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+        self.shutdown()
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        """Finish in-flight jobs, optionally revoke leases and token, stop serving."""
+        self._stop.set()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        if self.settings.daemon.revoke_on_exit:
+            for svc in list(self.services.values()):
+                for lease in list(svc.leases.values()):
+                    self._revoke(lease.lease_id, lease.service, lease.name)
+            if self.token.state and self.token.state.ttl:
+                try:
+                    self.client.auth.token.revoke_self()
+                    log.info("token revoked")
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("token revoke failed", error=str(describe(exc, "revoke token")))
+        if self.http:
+            self.http.stop()
+        log.info("daemon stopped")
+
+    # -- token ---------------------------------------------------------------------------------
+
+    def _login(self) -> bool:
+        s = self.settings
+        method = s.auth.method
+        try:
+            if method == "approle" and self._secret_id is None:
+                self._secret_id = auth.read_secret_id(self.client, s.auth)
+            state = auth.login(self.client, s.vault, s.auth, secret_id=self._secret_id)
+        except auth.SecurityError as exc:
+            self.metrics.logins.labels(method, "failure").inc()
+            log.error("login refused: security", error=str(exc))
+            return False
+        except Exception as exc:  # noqa: BLE001
+            err = exc if isinstance(exc, VaultsyncError) else describe(exc, f"{method} login")
+            self.metrics.logins.labels(method, "failure").inc()
+            log.warning("login failed", method=method, error=str(err))
+            if s.auth.secret_id_file and os.path.exists(s.auth.secret_id_file):
+                self._secret_id = None  # new credentials were delivered: read them next time
+            return False
+        self.metrics.logins.labels(method, "success").inc()
+        now = self.clock()
+        with self._lock:
+            self.token = TokenInfo(state=state, expires_at=now + state.ttl if state.ttl else None, granted=state.ttl)
+            self.token.decision = leases.plan_new_lease(state.ttl, renewable=state.renewable, now=now, rng=self.rng)
+        self.metrics.token_expiry.set(self.token.expires_at or 0)
+        log.info("logged in", method=method, ttl=state.ttl, renewable=state.renewable, policies=list(state.policies))
+        self._schedule_token()
+        return True
+
+    def _schedule_token(self) -> None:
+        d = self.token.decision
+        if d is None or d.action is leases.Action.NOTHING or d.at is None:
+            return
+        self._at("token", d.at, self._token_job)
+
+    def _token_job(self) -> None:
+        d = self.token.decision
+        if d is None:
+            return
+        if d.action is leases.Action.REISSUE:
+            self._relogin("max TTL reached" if d.max_ttl_reached else d.reason)
+            return
+        state = self.token.state
+        assert state is not None
+        try:
+            new = auth.renew_self(self.client, increment=state.ttl or None)
+        except VaultError as exc:
+            self.metrics.renewals.labels("token", "failure").inc()
+            if "permission denied" in str(exc) or "invalid token" in str(exc):
+                self._relogin("token rejected")
+                return
+            self.token.attempt += 1
+            delay = self._retry_delay(self.token.attempt, self.token.expires_at)
+            if delay is None:
+                self._relogin("token expired")
+                return
+            log.warning("token renewal failed", error=str(exc), retry_in=round(delay, 2))
+            self._at("token", self.clock() + delay, self._token_job)
+            return
+        now = self.clock()
+        self.metrics.renewals.labels("token", "success").inc()
+        decision = leases.plan_after_renewal(
+            state.ttl or None, new.ttl, self.token.granted or None, d.grace,
+            now=now, rng=self.rng, renewable=new.renewable, periodic=bool(state.period),
+        )
+        with self._lock:
+            self.token = TokenInfo(state=state, expires_at=now + new.ttl if new.ttl else None, granted=new.ttl,
+                                   decision=decision, last_renewal=now)
+        self.metrics.token_expiry.set(self.token.expires_at or 0)
+        log.info("token renewed", ttl=new.ttl, next=decision.action.value, in_s=round(decision.delay or 0, 2), max_ttl_reached=decision.max_ttl_reached)
+        self._schedule_token()
+
+    def _relogin(self, why: str) -> None:
+        log.info("logging in again", reason=why)
+        if self._login():
+            # Leases die with the token that created them: re-issue every dynamic secret under
+            # the new token now (the old ones are revoked after the grace period or with the old token).
+            for svc in list(self.services.values()):
+                for name in list(svc.leases):
+                    self._at(f"lease:{svc.settings.name}:{name}", self.clock(), self._reissue, svc.settings.name, name)
+            return
+        self.token.attempt += 1
+        delay = leases.backoff_delay(self.token.attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
+        self.token.decision = replace(self.token.decision, action=leases.Action.REISSUE) if self.token.decision else None
+        log.warning("login failed, retrying", retry_in=round(delay, 2))
+        self._at("token", self.clock() + delay, self._relogin, why)
+
+    # -- services ------------------------------------------------------------------------------
+
+    def _add_service(self, svc: ServiceSettings) -> None:
+        st = ServiceState(settings=svc)
+        for dest in svc.destinations:
+            render.remove_stale_temp_files(dest.path)
+            st.destinations[dest.path] = DestinationState(window=render.WaitWindow(dest.wait_min, max(dest.wait_max, dest.wait_min)) if dest.wait_min else None)
+        with self._lock:
+            self.services[svc.name] = st
+        self._kv_job(svc.name, initial=True)
+        for name, path in svc.dynamic.items():
+            self._issue(svc.name, name, path)
+        self._render_all(svc.name, reason="start")
+        for spec in svc.rotate:
+            self._at(f"rotate:{svc.name}:{spec.key}", self.clock(), self._rotate_job, svc.name, spec.key)
+
+    def _remove_service(self, name: str, *, revoke: bool) -> None:
+        with self._lock:
+            st = self.services.pop(name, None)
+        if st is None:
+            return
+        for job in self.scheduler.get_jobs():
+            if job.id.split(":")[1:2] == [name]:
+                job.remove()
+        if revoke:
+            for lease in st.leases.values():
+                self._revoke(lease.lease_id, name, lease.name)
+        self.metrics.forget_service(st.settings)
+
+    # -- KV ----------------------------------------------------------------------------------------
+
+    def _kv_job(self, service: str, initial: bool = False) -> None:
+        st = self.services.get(service)
+        if st is None or self.kv is None:
+            return
+        try:
+            secret = self.kv.read(st.settings.kv_path)
+        except VaultError as exc:
+            st.kv_attempt += 1
+            # Back off beyond the poll interval while the server fails, up to the cap.
+            delay = max(leases.backoff_delay(st.kv_attempt - 1, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng), self.settings.daemon.poll_interval)
+            log.warning("kv read failed", service=service, error=str(exc), retry_in=round(delay, 2))
+            self._at(f"kv:{service}", self.clock() + delay, self._kv_job, service)
+            return
+        recovering = st.kv_attempt > 0
+        st.kv_attempt = 0
+        with st.lock:
+            changed = secret.data != st.kv_data or (secret.version and secret.version != st.kv_version)
+            st.kv_data, st.kv_version = secret.data, secret.version
+        if secret.version:
+            self.metrics.secret_version.labels(service, "kv").set(secret.version)
+        if secret.data is None and initial:
+            log.warning("kv secret not found", service=service, path=f"{self.kv.mount}/{st.settings.kv_path}")
+        if (changed or recovering) and not initial:
+            log.info("kv secret changed", service=service, version=secret.version)
+            self._render_all(service, reason="kv changed" if changed else "server back")
+        interval = self.settings.daemon.poll_interval
+        self._at(f"kv:{service}", self.clock() + interval * self.rng.uniform(0.9, 1.0), self._kv_job, service)
+
+    # -- dynamic secrets and their leases -----------------------------------------------------
+
+    def _issue(self, service: str, name: str, path: str | None = None) -> bool:
+        """Read a dynamic secret anew (first time, or re-issue); True when it worked."""
+        st = self.services.get(service)
+        if st is None:
+            return False
+        path = path or st.settings.dynamic[name]
+        try:
+            resp = self.client.adapter.get(f"/v1/{path.strip('/')}")
+        except Exception as exc:  # noqa: BLE001
+            err = describe(exc, f"read {path}")
+            old = st.leases.get(name)
+            attempt = (old.attempt if old else 0) + 1
+            delay = self._retry_delay(attempt, old.expires_at if old else None)
+            if delay is None:  # the old lease is gone already: keep trying, backed off
+                delay = leases.backoff_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
+            if old:
+                old.attempt = attempt
+            log.warning("dynamic secret read failed", service=service, secret=name, error=str(err), retry_in=round(delay, 2))
+            self._at(f"lease:{service}:{name}", self.clock() + delay, self._reissue, service, name)
+            return False
+        now = self.clock()
+        data = dict(resp.get("data") or {})
+        for value in data.values():
+            if isinstance(value, str):
+                register_secret(value)
+        lease_id = resp.get("lease_id") or ""
+        ttl = float(resp.get("lease_duration") or 0)
+        decision = leases.plan_new_lease(ttl, renewable=bool(resp.get("renewable")), now=now, rng=self.rng)
+        lease = Lease(service, name, path, lease_id, data, ttl, bool(resp.get("renewable")), now, now + ttl, decision, granted=ttl)
+        with st.lock:
+            old = st.leases.get(name)
+            st.leases[name] = lease
+        self.metrics.lease_expiry.labels(service, name).set(lease.expires_at if ttl else 0)
+        log.info("dynamic secret issued", service=service, secret=name, ttl=ttl, renewable=lease.renewable)
+        if old is not None:
+            self._render_all(service, reason=f"{name} re-issued")
+            if old.lease_id:
+                grace = self.settings.daemon.lease_revoke_grace
+                self._at(f"revoke:{service}:{name}:{uuid.uuid4().hex[:8]}", now + grace, self._revoke, old.lease_id, service, name)
+        self._schedule_lease(lease)
+        return True
+
+    def _reissue(self, service: str, name: str) -> None:
+        self._issue(service, name)
+
+    def _schedule_lease(self, lease: Lease) -> None:
+        d = lease.decision
+        if d.action is leases.Action.NOTHING or d.at is None:
+            return
+        fn = self._renew_lease if d.action is leases.Action.RENEW else self._reissue
+        self._at(f"lease:{lease.service}:{lease.name}", d.at, fn, lease.service, lease.name)
+
+    def _renew_lease(self, service: str, name: str) -> None:
+        st = self.services.get(service)
+        lease = st.leases.get(name) if st else None
+        if lease is None:
+            return
+        try:
+            resp = self.client.sys.renew_lease(lease_id=lease.lease_id, increment=int(lease.ttl))
+        except Exception as exc:  # noqa: BLE001
+            self.metrics.renewals.labels("lease", "failure").inc()
+            err = describe(exc, f"renew lease of {service}/{name}")
+            if isinstance(exc, (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden)):
+                log.warning("lease cannot be renewed, re-issuing", service=service, secret=name, error=str(err))
+                self._issue(service, name)
+                return
+            lease.attempt += 1
+            delay = self._retry_delay(lease.attempt, lease.expires_at)
+            if delay is None:
+                log.warning("lease expired during failures, re-issuing", service=service, secret=name)
+                self._issue(service, name)
+                return
+            log.warning("lease renewal failed", service=service, secret=name, error=str(err), retry_in=round(delay, 2))
+            self._at(f"lease:{service}:{name}", self.clock() + delay, self._renew_lease, service, name)
+            return
+        now = self.clock()
+        self.metrics.renewals.labels("lease", "success").inc()
+        returned = float(resp.get("lease_duration") or 0)
+        decision = leases.plan_after_renewal(lease.ttl, returned, lease.granted, lease.decision.grace,
+                                             now=now, rng=self.rng, renewable=bool(resp.get("renewable", True)))
+        # Leave the old credentials valid for the revoke grace period (+1 s) after the new ones exist.
+        decision = leases.reissue_early(decision, now=now, lead=self.settings.daemon.lease_revoke_grace + 1.0)
+        lease.decision, lease.expires_at, lease.granted = decision, now + returned, returned
+        lease.last_renewal, lease.attempt = now, 0
+        self.metrics.lease_expiry.labels(service, name).set(lease.expires_at)
+        log.info("lease renewed", service=service, secret=name, ttl=returned, next=decision.action.value,
+                 in_s=round(decision.delay or 0, 2), max_ttl_reached=decision.max_ttl_reached)
+        self._schedule_lease(lease)
+
+    def _revoke(self, lease_id: str, service: str, name: str) -> None:
+        try:
+            self.client.sys.revoke_lease(lease_id=lease_id)
+            log.info("old lease revoked", service=service, secret=name)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("lease revoke failed", service=service, secret=name, error=str(describe(exc, "revoke lease")))
+
+    # -- rendering -------------------------------------------------------------------------------
+
+    def _render_all(self, service: str, *, reason: str) -> None:
+        st = self.services.get(service)
+        if st is None:
+            return
+        for dest in st.settings.destinations:
+            ds = st.destinations[dest.path]
+            if ds.window is not None and ds.last_success is not None:
+                due = ds.window.on_change(self.clock())
+                self._at(f"render:{service}:{dest.path}", due, self._render_one, service, dest.path, reason)
+            else:
+                self._render_one(service, dest.path, reason)
+
+    def _render_one(self, service: str, path: str, reason: str) -> None:
+        st = self.services.get(service)
+        if st is None:
+            return
+        dest = next(d for d in st.settings.destinations if d.path == path)
+        ds = st.destinations[path]
+        with st.lock:  # one render of a service at a time; others wait, none is lost
+            if ds.window is not None:
+                ds.window.rendered()
+            outcome = write_destination(dest, service_values(st), service=service)
+        now = self.clock()
+        self.metrics.renders.labels(service, dest.name, outcome.result).inc()
+        ds.last_result, ds.error = outcome.result, outcome.error
+        if outcome.result == "failure":
+            log.error("render failed", service=service, destination=dest.name, error=outcome.error, reason=reason)
+            return
+        ds.last_success = now
+        self.metrics.last_render_success.labels(service, dest.name).set(now)
+        if outcome.result == "success":
+            log.info("rendered", service=service, destination=dest.name, reason=reason)
+            self._run_hook(service, dest)
+
+    def _run_hook(self, service: str, dest: Destination) -> None:
+        try:
+            if dest.command:
+                result = render.run_command(dest.command, timeout=dest.command_timeout)
+                ok = result.ok
+                log.info("hook ran", service=service, destination=dest.name, returncode=result.returncode,
+                         timed_out=result.timed_out, seconds=round(result.duration, 3), stderr=result.stderr_tail[-500:] or None)
+            elif dest.pidfile:
+                pid = render.signal_pidfile(dest.pidfile, dest.signal)
+                ok = True
+                log.info("signal sent", service=service, destination=dest.name, pid=pid, signal=dest.signal)
+            else:
+                return
+        except VaultsyncError as exc:
+            ok = False
+            log.error("hook failed", service=service, destination=dest.name, error=str(exc))
+        self.metrics.hooks.labels(service, dest.name, "success" if ok else "failure").inc()
+
+    # -- rotation ----------------------------------------------------------------------------------
+
+    def _rotate_job(self, service: str, key: str, attempt: int = 0) -> None:
+        st = self.services.get(service)
+        spec = next((r for r in st.settings.rotate if r.key == key), None) if st else None
+        if st is None or spec is None or self.kv is None:
+            return
+        now = self.clock()
+        try:
+            result = rotation.rotate_if_due(self.kv, service, st.settings.kv_path, spec, holder=self.holder, now=now,
+                                            lock_ttl=self.settings.daemon.lock_ttl)
+        except VaultsyncError as exc:
+            self.metrics.rotations.labels(service, "failure").inc()
+            delay = leases.backoff_delay(attempt + 1, BACKOFF_BASE, min(BACKOFF_CAP, spec.every), rng=self.rng)
+            log.warning("rotation failed", service=service, key=key, error=str(exc), retry_in=round(delay, 2))
+            self._at(f"rotate:{service}:{key}", now + delay, self._rotate_job, service, key, attempt + 1)
+            return
+        if result.status == "rotated":
+            self.metrics.rotations.labels(service, "success").inc()
+            log.info("rotated", service=service, key=key, version=result.version)
+            self._kv_job(service)  # read the new version, render, run hooks
+        else:
+            self.metrics.rotations.labels(service, "skipped").inc()
+        # A little jitter so that several daemons do not wake in lockstep.
+        self._at(f"rotate:{service}:{key}", result.next_due + self.rng.uniform(0, 1.0), self._rotate_job, service, key)
+
+    # -- reload ----------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: read the config again and apply the difference without a restart."""
+        try:
+            new = config.load(self.config_path)
+        except VaultsyncError as exc:
+            log.error("reload failed, keeping the running config", error=str(exc))
+            return
+        old = self.settings
+        if (new.vault, new.auth, new.kv) != (old.vault, old.auth, old.kv):
+            log.warning("reload: vault/auth/kv settings changed; restart the daemon to apply them")
+            new = replace(new, vault=old.vault, auth=old.auth, kv=old.kv)
+        self.settings = new
+        removed = set(old.services) - set(new.services)
+        added = set(new.services) - set(old.services)
+        changed = {n for n in set(old.services) & set(new.services) if old.services[n] != new.services[n]}
+        for name in removed | changed:
+            self._remove_service(name, revoke=name in removed)
+        self.metrics.prime(new.auth.method, [new.services[n] for n in added | changed])
+        for name in sorted(added | changed):
+            self._add_service(new.services[name])
+        if new.daemon.poll_interval != old.daemon.poll_interval:
+            for name in self.services:
+                self._at(f"kv:{name}", self.clock(), self._kv_job, name)
+        log.info("config reloaded", added=sorted(added), removed=sorted(removed), changed=sorted(changed))
+
+    # -- health and status ---------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        if self.token.state is None:
+            return False
+        return all(ds.last_success is not None for st in list(self.services.values()) for ds in st.destinations.values())
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        tok = self.token
+        out: dict[str, Any] = {
+            "version": __version__,
+            "ready": self.ready(),
+            "token": {
+                "method": self.settings.auth.method,
+                "authenticated": tok.state is not None,
+                "expires_at": tok.expires_at,
+                "time_left": None if tok.expires_at is None else round(tok.expires_at - now, 1),
+                "last_renewal": tok.last_renewal,
+            },
+            "services": {},
+        }
+        for name, st in sorted(list(self.services.items())):
+            out["services"][name] = {
+                "kv": {"path": st.settings.kv_path, "version": st.kv_version, "found": st.kv_data is not None},
+                "leases": {
+                    ln: {"expires_at": ls.expires_at, "time_left": round(ls.expires_at - now, 1), "renewable": ls.renewable,
+                         "last_renewal": ls.last_renewal, "next": ls.decision.action.value}
+                    for ln, ls in sorted(st.leases.items())
+                },
+                "destinations": {
+                    d.path: {"result": st.destinations[d.path].last_result, "last_success": st.destinations[d.path].last_success,
+                             "error": st.destinations[d.path].error}
+                    for d in st.settings.destinations
+                },
+            }
+        return out
+
+
+# --- one destination, no scheduler (also `vaultsync render`) -----------------------------------
+
+
+@dataclass(frozen=True)
+class RenderOutcome:
+    result: str  # success (written) | unchanged | failure
+    error: str | None = None
+
+
+def write_destination(dest: Destination, values: dict[str, str], *, service: str) -> RenderOutcome:
+    """Format and atomically write one destination. A failure leaves the previous file alone."""
+    try:
+        template = None
+        if dest.style == "template":
+            assert dest.template is not None
+            with open(dest.template, encoding="utf-8") as f:
+                template = f.read()
+        text = formats.render(dest.style, values, template=template, destination=dest.path)
+        written = render.atomic_write(dest.path, text.encode("utf-8"), mode=dest.mode, backup=dest.backup)
+    except (VaultsyncError, OSError, ValueError) as exc:
+        return RenderOutcome("failure", str(exc) if not isinstance(exc, OSError) else f"{dest.path}: {exc.strerror}")
+    return RenderOutcome("success" if written else "unchanged")
+
+
+def render_once(settings: Settings) -> dict[str, dict[str, str]]:
+    """`vaultsync render`: log in, read each service's secrets once, render every destination,
+    run hooks for files that changed. Returns {service: {destination: result}}.
+    Dynamic secrets are issued fresh each run (their leases are left to expire)."""
+    d = Daemon(settings, serve_http=False)
+    if not d._login():
+        raise VaultError("login failed (see the log for why)")
+    d.kv = KV(d.client, settings.kv.mount, settings.kv.version or detect_kv_version(d.client, settings.kv.mount))
+    d._stop.set()  # no scheduler: nothing gets scheduled
+    results: dict[str, dict[str, str]] = {}
+    for svc in settings.services.values():
+        st = ServiceState(settings=svc, destinations={dd.path: DestinationState() for dd in svc.destinations})
+        d.services[svc.name] = st
+        assert d.kv is not None
+        secret = d.kv.read(svc.kv_path)
+        st.kv_data, st.kv_version = secret.data, secret.version
+        for name in svc.dynamic:
+            d._issue(svc.name, name)
+        for dest in svc.destinations:
+            d._render_one(svc.name, dest.path, "render command")
+        results[svc.name] = {dest.path: st.destinations[dest.path].last_result for dest in svc.destinations}
+    return results

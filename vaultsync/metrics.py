@@ -1,0 +1,141 @@
+"""Prometheus metrics and the small HTTP server for /metrics, /healthz, /readyz and /status.
+
+Names and labels are a contract with the alert rules (compose/prometheus/rules) and the
+dashboard. Labels are bounded: service and secret names come from the config, the
+destination is the rendered file's name; never a lease id, a path from the server or a value.
+Every series that is known up front is exported at 0 so that it is never absent.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import requests
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from requests.adapters import HTTPAdapter
+
+from vaultsync import __version__
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.lease_expiry = Gauge("vaultsync_lease_expiry_timestamp_seconds", "When the current lease of a dynamic secret expires (unix time).", ["service", "secret"], registry=r)
+        self.token_expiry = Gauge("vaultsync_token_expiry_timestamp_seconds", "When the daemon's token expires (unix time; 0: never).", registry=r)
+        self.renewals = Counter("vaultsync_renewals", "Token and lease renewals.", ["kind", "result"], registry=r)
+        self.logins = Counter("vaultsync_logins", "Logins to the server.", ["method", "result"], registry=r)
+        self.renders = Counter("vaultsync_render", "Renders of a destination file (result: success, unchanged, failure).", ["service", "destination", "result"], registry=r)
+        self.last_render_success = Gauge("vaultsync_last_render_success_timestamp_seconds", "Last time a destination was rendered successfully (written or already up to date).", ["service", "destination"], registry=r)
+        self.rotations = Counter("vaultsync_rotations", "Rotations of secrets vaultsync owns (result: success, skipped, failure).", ["service", "result"], registry=r)
+        self.secret_version = Gauge("vaultsync_secret_version", "KV version of a service's secret as last read.", ["service", "secret"], registry=r)
+        self.vault_up = Gauge("vaultsync_vault_up", "1 when the last request reached the server, else 0.", registry=r)
+        self.requests = Counter("vaultsync_vault_requests", "HTTP requests sent to the server (result: ok, error).", ["result"], registry=r)
+        self.hooks = Counter("vaultsync_hooks", "Change hooks run after a render (result: success, failure).", ["service", "destination", "result"], registry=r)
+        Gauge("vaultsync_build_info", "vaultsync version.", ["version"], registry=r).labels(__version__).set(1)
+        for kind in ("token", "lease"):
+            for result in ("success", "failure"):
+                self.renewals.labels(kind, result)
+        for result in ("ok", "error"):
+            self.requests.labels(result)
+
+    def prime(self, method: str, services: Iterable[Any]) -> None:
+        """Create every known series at 0 so alerts on rate() and absent() behave from the start."""
+        for result in ("success", "failure"):
+            self.logins.labels(method, result)
+        for svc in services:
+            for result in ("success", "skipped", "failure"):
+                self.rotations.labels(svc.name, result)
+            for dest in svc.destinations:
+                for result in ("success", "unchanged", "failure"):
+                    self.renders.labels(svc.name, dest.name, result)
+
+    def forget_service(self, svc: Any) -> None:
+        """Drop a removed service's series (after a reload), so stale expiries cannot alert."""
+        for name in svc.dynamic:
+            _remove(self.lease_expiry, svc.name, name)
+        _remove(self.secret_version, svc.name, "kv")
+        for dest in svc.destinations:
+            _remove(self.last_render_success, svc.name, dest.name)
+            for result in ("success", "unchanged", "failure"):
+                _remove(self.renders, svc.name, dest.name, result)
+
+    def counting_adapter(self, pool_size: int) -> HTTPAdapter:
+        """An HTTPAdapter that counts every request and keeps vault_up current."""
+        metrics = self
+
+        class CountingAdapter(HTTPAdapter):
+            def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+                try:
+                    response = super().send(request, *args, **kwargs)
+                except requests.RequestException:
+                    metrics.requests.labels("error").inc()
+                    metrics.vault_up.set(0)
+                    raise
+                ok = response.status_code < 500  # 5xx: down, sealed or standby
+                metrics.requests.labels("ok" if ok else "error").inc()
+                metrics.vault_up.set(1 if ok else 0)
+                return response
+
+        return CountingAdapter(pool_connections=1, pool_maxsize=pool_size)
+
+
+def _remove(metric: Any, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass
+
+
+class HealthServer:
+    """/metrics (Prometheus text), /healthz (alive), /readyz (authenticated and every
+    destination rendered once), /status (JSON, no secrets)."""
+
+    def __init__(self, addr: str, metrics: Metrics, ready: Callable[[], bool], status: Callable[[], dict[str, Any]]) -> None:
+        host, _, port = addr.rpartition(":")
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    outer._send(self, 200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    outer._send(self, 200, b"ok\n", "text/plain")
+                elif path == "/readyz":
+                    ok = ready()
+                    outer._send(self, 200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain")
+                elif path == "/status":
+                    outer._send(self, 200, json.dumps(status(), indent=2).encode(), "application/json")
+                else:
+                    outer._send(self, 404, b"not found\n", "text/plain")
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet: scrapes are not news
+                pass
+
+        self.server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="vaultsync-http", daemon=True)
+
+    @staticmethod
+    def _send(handler: BaseHTTPRequestHandler, code: int, body: bytes, ctype: str) -> None:
+        handler.send_response(code)
+        handler.send_header("Content-Type", ctype)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    @property
+    def address(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"{host}:{port}"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
