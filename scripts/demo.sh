@@ -24,3 +24,34 @@ c = hvac.Client(url=os.environ["VAULT_ADDR"], token=os.environ["VAULT_TOKEN"])
 r = c.secrets.kv.v2.read_secret_version(path="compose/demo", mount_point="secret", raise_on_deleted_version=True)
 print(f"secret/compose/demo version {r['data']['metadata']['version']}: {', '.join(sorted(r['data']['data']))}")
 PY
+
+echo; echo "== 5. policies and a least-privilege AppRole for the demo service"
+mkdir -p .demo && chmod 700 .demo
+cat > .demo/vaultsync.toml <<'TOML'
+# Rendering logs in as the demo service's own AppRole: it can read its secret and nothing else.
+[auth]
+method = "approle"
+role_name = "demo"
+role_id_file = "creds/role_id"      # relative to this file
+secret_id_file = "creds/secret_id"
+
+[services.demo]
+token_ttl = "15m"
+token_max_ttl = "1h"
+
+[[services.demo.destinations]]
+path = "demo.env"           # relative to this file: .demo/demo.env
+style = "dotenv"
+
+[[services.demo.destinations]]
+path = "demo.sh"
+style = "shell"
+TOML
+vs --config .demo/vaultsync.toml policies apply policies/
+
+echo; echo "== 6. issue the service's AppRole credentials, then render its env files once as that service"
+
+vs --config .demo/vaultsync.toml approle credentials demo --out .demo/creds
+vs --config .demo/vaultsync.toml render
+ls -l .demo/demo.env .demo/demo.sh
+echo "(.demo/demo.env is mode 0600; 'source .demo/demo.sh' exports the same values)"

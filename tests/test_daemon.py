@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -326,3 +327,33 @@ def test_render_command_one_shot(kv2, root, vault_server, cli, workdir):
     again = cli("--config", str(cfg), "render", "--output", "json")
     assert set(json.loads(again.stdout)["api"].values()) == {"unchanged"}
     assert (workdir / "api.sh").read_text() == "export A='1'\n"
+
+
+def test_wait_window_coalesces_a_burst_into_one_render_and_one_signal(kv2, root, vault_server, workdir):
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"N": "0"}, mount_point=kv2)
+    counter = workdir / "hups"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys, time\n"
+        "n = 0\n"
+        "def hup(*_):\n"
+        "    global n; n += 1; open(sys.argv[1], 'w').write(str(n))\n"
+        "signal.signal(signal.SIGHUP, hup)\n"
+        "while True: time.sleep(0.1)\n"), str(counter)])
+    (workdir / "api.pid").write_text(f"{child.pid}\n")
+    cfg = config(workdir, kv2, '[services.api]\n[[services.api.destinations]]\npath = "api.env"\npidfile = "api.pid"\n'
+                 'signal = "HUP"\nwait = { min = "1.5s", max = "4s" }\n', poll="0.2s")
+    d = DaemonProc(cfg, daemon_env(vault_server.addr, short_token(root), workdir), workdir).start()
+    try:
+        wait_for(lambda: counter.exists() and counter.read_text() == "1", 5, "the first render's signal")
+        for n in range(1, 6):  # a burst of changes, each seen by a poll
+            root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"N": str(n)}, mount_point=kv2)
+            time.sleep(0.3)
+        wait_for(lambda: dotenv_values(workdir / "api.env")["N"] == "5", 6, "the last value rendered")
+        time.sleep(2)
+        assert counter.read_text() == "2", "one signal for the whole burst"
+        assert d.metric("vaultsync_render_total", service="api", destination="api.env", result="success") == 2
+        assert d.metric("vaultsync_hooks_total", service="api", destination="api.env", result="success") == 2
+    finally:
+        d.stop()
+        child.kill()
+        child.wait()

@@ -177,6 +177,9 @@ def _from_dict(raw: Mapping[str, Any], src: str, base_dir: Path) -> Settings:
     )
     migrate = replace(_section(MigrateSettings, mig_raw, src, "migrate"), sources=sources)
     auth = _section(AuthSettings, raw.get("auth", {}), src, "auth")
+    # Files named in the config are relative to the config file, like destinations.
+    auth = replace(auth, role_id_file=_rel(auth.role_id_file, base_dir), secret_id_file=_rel(auth.secret_id_file, base_dir))
+    vault = replace(vault, token_file=_rel(vault.token_file, base_dir), cacert=_rel(vault.cacert, base_dir))
     if auth.method not in ("token", "approle"):
         raise ConfigError(f"{src}: auth.method must be 'token' or 'approle'")
     daemon = _section(
@@ -188,10 +191,13 @@ def _from_dict(raw: Mapping[str, Any], src: str, base_dir: Path) -> Settings:
     return Settings(vault=vault, kv=kv, migrate=migrate, auth=auth, daemon=daemon, services=services, source=src)
 
 
+def _rel(path: str | None, base_dir: Path) -> str | None:
+    return path if not path or os.path.isabs(path) else str(base_dir / path)
+
+
 def _source(item: Mapping[str, Any], src: str, where: str, base_dir: Path) -> SourceSpec:
     spec = _section(SourceSpec, item, src, where)
-    file = spec.file if os.path.isabs(spec.file) else str(base_dir / spec.file)
-    return replace(spec, file=file, split=dict(spec.split))
+    return replace(spec, file=_rel(spec.file, base_dir), split=dict(spec.split))
 
 
 def _service(name: str, body: Mapping[str, Any], src: str, prefix: str, base_dir: Path) -> ServiceSettings:
@@ -234,11 +240,7 @@ def _destination(item: Mapping[str, Any], src: str, where: str, base_dir: Path) 
         raise ConfigError(f"{src}: {where}.style must be dotenv, docker, shell or template")
     if dest.style == "template" and not dest.template:
         raise ConfigError(f"{src}: {where}: style = \"template\" needs template = \"<file>\"")
-    path = dest.path if os.path.isabs(dest.path) else str(base_dir / dest.path)
-    tmpl = dest.template
-    if tmpl and not os.path.isabs(tmpl):
-        tmpl = str(base_dir / tmpl)
-    return replace(dest, path=path, template=tmpl, command=tuple(dest.command))
+    return replace(dest, path=_rel(dest.path, base_dir), template=_rel(dest.template, base_dir), command=tuple(dest.command))
 
 
 def _only(raw: Mapping[str, Any], allowed: set[str], src: str, where: str) -> None:
