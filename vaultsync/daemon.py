@@ -77,6 +77,7 @@ class ServiceState:
     settings: ServiceSettings
     kv_data: dict[str, Any] | None = field(default=None, repr=False)
     kv_version: int = 0
+    kv_loaded: bool = False  # a read succeeded (the secret may still be absent)
     kv_attempt: int = 0
     leases: dict[str, Lease] = field(default_factory=dict)
     destinations: dict[str, DestinationState] = field(default_factory=dict)
@@ -334,7 +335,7 @@ class Daemon:
             self.services[svc.name] = st
         self._kv_job(svc.name, initial=True)
         for name, path in svc.dynamic.items():
-            self._issue(svc.name, name, path)
+            self._issue(svc.name, name, path, initial=True)
         self._render_all(svc.name, reason="start")
         for spec in svc.rotate:
             self._at(f"rotate:{svc.name}:{spec.key}", self.clock(), self._rotate_job, svc.name, spec.key)
@@ -372,11 +373,12 @@ class Daemon:
         with st.lock:
             changed = secret.data != st.kv_data or (secret.version and secret.version != st.kv_version)
             st.kv_data, st.kv_version = secret.data, secret.version
+            first_load, st.kv_loaded = not st.kv_loaded, True
         if secret.version:
             self.metrics.secret_version.labels(service, "kv").set(secret.version)
         if secret.data is None and initial:
             log.warning("kv secret not found", service=service, path=f"{self.kv.mount}/{st.settings.kv_path}")
-        if (changed or recovering) and not initial:
+        if (changed or recovering or first_load) and not initial:
             log.info("kv secret changed", service=service, version=secret.version)
             self._render_all(service, reason="kv changed" if changed else "server back")
         interval = self.settings.daemon.poll_interval
@@ -384,8 +386,9 @@ class Daemon:
 
     # -- dynamic secrets and their leases -----------------------------------------------------
 
-    def _issue(self, service: str, name: str, path: str | None = None) -> bool:
-        """Read a dynamic secret anew (first time, or re-issue); True when it worked."""
+    def _issue(self, service: str, name: str, path: str | None = None, *, initial: bool = False) -> bool:
+        """Read a dynamic secret anew (first time, or re-issue); True when it worked.
+        Renders the service unless this is the start-up read (the caller renders then)."""
         st = self.services.get(service)
         if st is None:
             return False
@@ -418,8 +421,9 @@ class Daemon:
             st.leases[name] = lease
         self.metrics.lease_expiry.labels(service, name).set(lease.expires_at if ttl else 0)
         log.info("dynamic secret issued", service=service, secret=name, ttl=ttl, renewable=lease.renewable)
+        if not initial:
+            self._render_all(service, reason=f"{name} re-issued" if old else f"{name} issued")
         if old is not None:
-            self._render_all(service, reason=f"{name} re-issued")
             if old.lease_id:
                 grace = self.settings.daemon.lease_revoke_grace
                 self._at(f"revoke:{service}:{name}:{uuid.uuid4().hex[:8]}", now + grace, self._revoke, old.lease_id, service, name)
@@ -485,6 +489,11 @@ class Daemon:
     def _render_all(self, service: str, *, reason: str) -> None:
         st = self.services.get(service)
         if st is None:
+            return
+        missing = [n for n in st.settings.dynamic if n not in st.leases]
+        if not st.kv_loaded or missing:
+            # Never replace a good file with a partial one: wait until every source was read.
+            log.warning("render postponed: secrets not read yet", service=service, kv_read=st.kv_loaded, missing=missing)
             return
         for dest in st.settings.destinations:
             ds = st.destinations[dest.path]
@@ -665,9 +674,10 @@ def render_once(settings: Settings) -> dict[str, dict[str, str]]:
         d.services[svc.name] = st
         assert d.kv is not None
         secret = d.kv.read(svc.kv_path)
-        st.kv_data, st.kv_version = secret.data, secret.version
+        st.kv_data, st.kv_version, st.kv_loaded = secret.data, secret.version, True
         for name in svc.dynamic:
-            d._issue(svc.name, name)
+            if not d._issue(svc.name, name, initial=True):
+                raise VaultError(f"could not read dynamic secret {name!r} of {svc.name} (see the log)")
         for dest in svc.destinations:
             d._render_one(svc.name, dest.path, "render command")
         results[svc.name] = {dest.path: st.destinations[dest.path].last_result for dest in svc.destinations}
