@@ -357,3 +357,20 @@ def test_wait_window_coalesces_a_burst_into_one_render_and_one_signal(kv2, root,
         d.stop()
         child.kill()
         child.wait()
+
+
+def test_each_poll_confirms_files_and_restores_one_that_was_changed(kv2, root, vault_server, workdir):
+    root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"A": "1"}, mount_point=kv2)
+    cfg = config(workdir, kv2, '[services.web]\n[[services.web.destinations]]\npath = "web.env"\n', poll="0.5s")
+    d = DaemonProc(cfg, daemon_env(vault_server.addr, short_token(root), workdir), workdir).start()
+    try:
+        first = d.metric("vaultsync_last_render_success_timestamp_seconds", service="web", destination="web.env")
+        wait_for(lambda: d.metric("vaultsync_render_total", service="web", destination="web.env", result="unchanged") >= 2, 5, "unchanged renders")
+        assert d.metric("vaultsync_last_render_success_timestamp_seconds", service="web", destination="web.env") > first
+        assert d.metric("vaultsync_render_total", service="web", destination="web.env", result="success") == 1
+        (workdir / "web.env").write_text("A='tampered'\n")
+        wait_for(lambda: dotenv_values(workdir / "web.env") == {"A": "1"}, 5, "the file restored")
+        (workdir / "web.env").unlink()
+        wait_for(lambda: (workdir / "web.env").exists(), 5, "the file re-created")
+    finally:
+        d.stop()

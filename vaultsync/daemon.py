@@ -381,6 +381,8 @@ class Daemon:
         if (changed or recovering or first_load) and not initial:
             log.info("kv secret changed", service=service, version=secret.version)
             self._render_all(service, reason="kv changed" if changed else "server back")
+        elif not initial:
+            self._verify_all(service)
         interval = self.settings.daemon.poll_interval
         self._at(f"kv:{service}", self.clock() + interval * self.rng.uniform(0.9, 1.0), self._kv_job, service)
 
@@ -502,6 +504,18 @@ class Daemon:
                 self._at(f"render:{service}:{dest.path}", due, self._render_one, service, dest.path, reason)
             else:
                 self._render_one(service, dest.path, reason)
+
+    def _verify_all(self, service: str) -> None:
+        """Each poll, check every destination still holds what it should (an unchanged
+        render writes nothing, and refreshes the last-success time the stale-render alert
+        watches); a file someone changed or removed is put back."""
+        st = self.services.get(service)
+        if st is None or not st.kv_loaded or any(n not in st.leases for n in st.settings.dynamic):
+            return
+        for dest in st.settings.destinations:
+            ds = st.destinations[dest.path]
+            if ds.window is None or not ds.window.pending:
+                self._render_one(service, dest.path, "poll")
 
     def _render_one(self, service: str, path: str, reason: str) -> None:
         st = self.services.get(service)
