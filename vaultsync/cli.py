@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from vaultsync import __version__, config, devserver
+from vaultsync import __version__, config, devserver, tracing
 from vaultsync import logging as vlog
 from vaultsync.errors import BadInput, ConfigError, VaultsyncError
 
@@ -55,6 +55,7 @@ def main(ctx: click.Context, config_path: str | None, addr: str | None, namespac
          tls_skip_verify: bool | None, log_format: str, log_level: str) -> None:
     """Move docker-compose .env secrets into Vault/OpenBao and keep them alive."""
     vlog.configure(log_format, log_level)
+    ctx.call_on_close(tracing.shutdown)
     ctx.obj = State(config_path, {
         "vault.addr": addr, "vault.namespace": namespace, "vault.cacert": cacert,
         "vault.tls_verify": False if tls_skip_verify else None,
@@ -109,7 +110,9 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
         raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), or vault.token_file")
     version = s.kv.version or detect_kv_version(client, s.kv.mount)
     kv = KV(client, s.kv.mount, version)
-    the_plan = m.plan(kv, targets, prune=prune, concurrency=s.migrate.concurrency)
+    with tracing.span("vaultsync.migrate.plan", mount=kv.mount, kv_version=version, secrets=len(targets)) as sp:
+        the_plan = m.plan(kv, targets, prune=prune, concurrency=s.migrate.concurrency)
+        tracing.set_attributes(sp, writes=len(the_plan.writes))
     if output == "text":
         click.echo(m.plan_as_text(the_plan, verbose=verbose))
     log.info("migrate planned", mount=kv.mount, kv_version=version, secrets=len(the_plan.secrets), writes=len(the_plan.writes))
@@ -119,11 +122,13 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
         elif not the_plan.writes:
             click.echo("Nothing to write: Vault already holds these values.")
         return
-    if output == "text" and sys.stderr.isatty():
-        with click.progressbar(length=len(the_plan.writes), label="writing", file=sys.stderr) as bar:
-            outcome = m.apply(kv, the_plan, concurrency=s.migrate.concurrency, progress=lambda _sp: bar.update(1))
-    else:
-        outcome = m.apply(kv, the_plan, concurrency=s.migrate.concurrency)
+    with tracing.span("vaultsync.migrate.apply", mount=kv.mount, writes=len(the_plan.writes)) as sp:
+        if output == "text" and sys.stderr.isatty():
+            with click.progressbar(length=len(the_plan.writes), label="writing", file=sys.stderr) as bar:
+                outcome = m.apply(kv, the_plan, concurrency=s.migrate.concurrency, progress=lambda _sp: bar.update(1))
+        else:
+            outcome = m.apply(kv, the_plan, concurrency=s.migrate.concurrency)
+        tracing.set_attributes(sp, written=len(outcome.written), conflicts=len(outcome.conflicts), failed=len(outcome.failed))
     log.info("migrate applied", written=len(outcome.written), conflicts=len(outcome.conflicts), failed=len(outcome.failed))
     if output == "json":
         click.echo(json.dumps({
@@ -297,7 +302,9 @@ def render_cmd(state: State, output: str) -> None:
     Exit 1 if any destination failed (the others are still rendered)."""
     from vaultsync.daemon import render_once
 
-    results = render_once(state.settings())
+    with tracing.span("vaultsync.render") as sp:
+        results = render_once(state.settings())
+        tracing.set_attributes(sp, services=len(results), failures=sum(r == "failure" for d in results.values() for r in d.values()))
     if output == "json":
         click.echo(json.dumps(results, indent=2))
     else:

@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -30,10 +31,10 @@ import hvac.exceptions
 from apscheduler.executors.pool import ThreadPoolExecutor as APThreadPool
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from vaultsync import __version__, auth, config, formats, leases, render, rotation
+from vaultsync import __version__, auth, config, formats, leases, render, rotation, tracing
 from vaultsync.config import Destination, ServiceSettings, Settings
 from vaultsync.errors import VaultError, VaultsyncError
-from vaultsync.logging import get_logger, register_secret
+from vaultsync.logging import forget_secret, get_logger, register_secret
 from vaultsync.metrics import HealthServer, Metrics
 from vaultsync.vault import KV, describe, detect_kv_version, make_client
 
@@ -196,8 +197,9 @@ class Daemon:
         s = self.settings
         self.kv = KV(self.client, s.kv.mount, s.kv.version or detect_kv_version(self.client, s.kv.mount))
         self.scheduler.start()
-        for svc in self.settings.services.values():
-            self._add_service(svc)
+        # Services are independent: read and render them in parallel (same pool size as the scheduler).
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(self._add_service, self.settings.services.values()))
         log.info("daemon started", services=len(self.services), version=__version__)
 
     def run_forever(self) -> int:
@@ -426,9 +428,12 @@ class Daemon:
         if not initial:
             self._render_all(service, reason=f"{name} re-issued" if old else f"{name} issued")
         if old is not None:
-            if old.lease_id:
-                grace = self.settings.daemon.lease_revoke_grace
-                self._at(f"revoke:{service}:{name}:{uuid.uuid4().hex[:8]}", now + grace, self._revoke, old.lease_id, service, name)
+            # Revoke the superseded lease after the grace period, unless it expires before then anyway.
+            revoke_at = now + self.settings.daemon.lease_revoke_grace
+            if old.lease_id and (not old.ttl or revoke_at < old.expires_at - 0.5):
+                self._at(f"revoke:{service}:{name}:{uuid.uuid4().hex[:8]}", revoke_at, self._revoke, old.lease_id, service, name, old.data)
+            else:
+                self._forget_values(old.data)
         self._schedule_lease(lease)
         return True
 
@@ -479,12 +484,20 @@ class Daemon:
                  in_s=round(decision.delay or 0, 2), max_ttl_reached=decision.max_ttl_reached)
         self._schedule_lease(lease)
 
-    def _revoke(self, lease_id: str, service: str, name: str) -> None:
+    def _revoke(self, lease_id: str, service: str, name: str, data: dict[str, Any] | None = None) -> None:
         try:
             self.client.sys.revoke_lease(lease_id=lease_id)
             log.info("old lease revoked", service=service, secret=name)
         except Exception as exc:  # noqa: BLE001
             log.warning("lease revoke failed", service=service, secret=name, error=str(describe(exc, "revoke lease")))
+        if data:
+            self._forget_values(data)
+
+    @staticmethod
+    def _forget_values(data: dict[str, Any]) -> None:
+        for value in data.values():
+            if isinstance(value, str):
+                forget_secret(value)
 
     # -- rendering -------------------------------------------------------------------------------
 
@@ -693,6 +706,8 @@ def render_once(settings: Settings) -> dict[str, dict[str, str]]:
             if not d._issue(svc.name, name, initial=True):
                 raise VaultError(f"could not read dynamic secret {name!r} of {svc.name} (see the log)")
         for dest in svc.destinations:
-            d._render_one(svc.name, dest.path, "render command")
+            with tracing.span("vaultsync.render.destination", service=svc.name, destination=dest.name) as sp:
+                d._render_one(svc.name, dest.path, "render command")
+                tracing.set_attributes(sp, result=st.destinations[dest.path].last_result)
         results[svc.name] = {dest.path: st.destinations[dest.path].last_result for dest in svc.destinations}
     return results

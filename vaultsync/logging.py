@@ -36,28 +36,38 @@ _TOKEN_SHAPE = re.compile(r"\b(?:hv[sbr]|[sbr])\.[A-Za-z0-9_\-]{20,}(?:\.[A-Za-z
 
 _known: set[str] = set()
 _known_lock = threading.Lock()
-_known_pattern: re.Pattern[str] | None = None
+_ordered: tuple[str, ...] = ()  # longest first, so a secret containing another is hidden whole
 
 
 def register_secret(value: str | None) -> None:
     """Scrub ``value`` from every later log line (tokens, secret ids, credentials)."""
-    global _known_pattern
+    global _ordered
     if not value or len(value) < 4:  # a 1-3 char "secret" would shred every log line
         return
     with _known_lock:
+        if value not in _known:
+            _known.add(value)
+            _ordered = tuple(sorted(_known, key=len, reverse=True))
+
+
+def forget_secret(value: str | None) -> None:
+    """Stop scrubbing ``value`` (a revoked or replaced credential), so the set of
+    scrubbed values stays as large as what is alive, not what was ever issued."""
+    global _ordered
+    with _known_lock:
         if value in _known:
-            return
-        _known.add(value)
-        # Longest first so a secret that contains another is hidden whole.
-        ordered = sorted(_known, key=len, reverse=True)
-        _known_pattern = re.compile("|".join(re.escape(v) for v in ordered))
+            _known.discard(value)  # type: ignore[arg-type]
+            _ordered = tuple(sorted(_known, key=len, reverse=True))
 
 
 def scrub(text: str) -> str:
-    """Return ``text`` with registered secrets and token-shaped strings hidden."""
-    pattern = _known_pattern
-    if pattern is not None:
-        text = pattern.sub(REDACTED, text)
+    """Return ``text`` with registered secrets and token-shaped strings hidden.
+
+    Plain substring checks, no regex built from the secrets: cheap for the few
+    hundred live values a daemon holds, and nothing to recompile when they change."""
+    for value in _ordered:
+        if value in text:
+            text = text.replace(value, REDACTED)
     return _TOKEN_SHAPE.sub(REDACTED, text)
 
 

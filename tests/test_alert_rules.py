@@ -1,0 +1,217 @@
+"""Alert rules in compose/prometheus/rules: promtool checks and unit tests, and a real Prometheus loading them.
+
+Needs Debian's `prometheus` package (/usr/bin/promtool, /usr/bin/prometheus).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.prometheus
+
+ROOT = Path(__file__).resolve().parent.parent
+PROM_DIR = ROOT / "compose" / "prometheus"
+RULES = PROM_DIR / "rules" / "vaultsync.yml"
+RULE_TESTS = PROM_DIR / "rules" / "tests" / "vaultsync_test.yml"
+CONFIG = PROM_DIR / "prometheus.yml"
+DASHBOARD = ROOT / "compose" / "grafana" / "dashboards" / "vaultsync.json"
+
+REQUIRED_ALERTS = {
+    "VaultsyncLeaseExpiringSoon",
+    "VaultsyncTokenExpiringSoon",
+    "VaultsyncRenewalsFailing",
+    "VaultsyncRenderFailing",
+    "VaultsyncRenderStale",
+    "VaultsyncVaultUnreachable",
+    "VaultsyncDown",
+}
+# The daemon's metric contract: rules may use nothing else.
+CONTRACT = {
+    "vaultsync_lease_expiry_timestamp_seconds",
+    "vaultsync_token_expiry_timestamp_seconds",
+    "vaultsync_renewals_total",
+    "vaultsync_logins_total",
+    "vaultsync_render_total",
+    "vaultsync_last_render_success_timestamp_seconds",
+    "vaultsync_rotations_total",
+    "vaultsync_secret_version",
+    "vaultsync_vault_up",
+    "vaultsync_build_info",
+}
+
+
+def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    binary = "/usr/bin/promtool" if Path("/usr/bin/promtool").exists() else shutil.which("promtool")
+    if not binary:
+        pytest.fail("promtool not found: install Debian package prometheus (apt-get install -y prometheus)", pytrace=False)
+    return subprocess.run([binary, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def _ok(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode == 0, f"{' '.join(proc.args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+
+
+def _rules() -> list[dict[str, Any]]:
+    return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+
+
+def _alerts() -> dict[str, dict[str, Any]]:
+    return {r["alert"]: r for r in _rules() if "alert" in r}
+
+
+# --- promtool -----------------------------------------------------------------------------------
+
+
+def test_promtool_check_rules() -> None:
+    proc = promtool("check", "rules", RULES)
+    _ok(proc)
+    assert "SUCCESS" in proc.stdout
+
+
+def test_promtool_unit_tests_pass() -> None:
+    proc = promtool("test", "rules", RULE_TESTS)
+    _ok(proc)
+    assert "SUCCESS" in proc.stdout
+
+
+def test_promtool_check_config() -> None:
+    proc = promtool("check", "config", CONFIG)
+    _ok(proc)
+    assert "1 rule files found" in proc.stdout, proc.stdout
+    assert str(RULES.relative_to(ROOT)) in proc.stdout, "prometheus.yml does not load rules/vaultsync.yml"
+
+
+def test_unit_tests_catch_a_broken_rule(tmp_path: Path) -> None:
+    """The unit tests are not vacuous: a lease threshold of 200 s instead of 300 s fails them."""
+    (tmp_path / "rules" / "tests").mkdir(parents=True)
+    text = RULES.read_text()
+    rule = "(vaultsync_lease_expiry_timestamp_seconds > 0) - time() < 300"
+    assert rule in text
+    (tmp_path / "rules" / "vaultsync.yml").write_text(text.replace(rule, rule.replace("300", "200")))
+    (tmp_path / "rules" / "tests" / "vaultsync_test.yml").write_text(RULE_TESTS.read_text())
+    proc = promtool("test", "rules", tmp_path / "rules" / "tests" / "vaultsync_test.yml")
+    assert proc.returncode != 0, proc.stdout
+    assert "VaultsyncLeaseExpiringSoon" in proc.stdout + proc.stderr
+
+
+# --- rule content -------------------------------------------------------------------------------
+
+
+def test_required_alerts_exist_with_severity_and_annotations() -> None:
+    alerts = _alerts()
+    assert REQUIRED_ALERTS <= set(alerts), f"missing: {REQUIRED_ALERTS - set(alerts)}"
+    for name, rule in alerts.items():
+        assert rule["labels"]["severity"] in ("critical", "warning"), name
+        assert rule["annotations"]["summary"].strip() and rule["annotations"]["description"].strip(), name
+        assert "for" in rule, f"{name}: say `for:` explicitly, even 0m"
+    lease = alerts["VaultsyncLeaseExpiringSoon"]
+    for field in ("summary", "description"):
+        assert "{{ $labels.service }}" in lease["annotations"][field]
+        assert "{{ $labels.secret }}" in lease["annotations"][field]
+    assert alerts["VaultsyncVaultUnreachable"]["expr"].strip() == "vaultsync_vault_up == 0"
+    down = alerts["VaultsyncDown"]["expr"]
+    assert 'absent(up{job="vaultsync"})' in down and 'up{job="vaultsync"} == 0' in down
+
+
+def test_lease_alert_can_fire_for_a_short_lease() -> None:
+    """An end-to-end test with a lease whose max TTL is 20-30 s must see the alert fire."""
+    lease = _alerts()["VaultsyncLeaseExpiringSoon"]
+    # "> 0": the daemon exports 0 for a secret without a lease TTL (it never expires).
+    m = re.fullmatch(r"\s*\(vaultsync_lease_expiry_timestamp_seconds > 0\)\s*-\s*time\(\)\s*<\s*(\d+)\s*", lease["expr"])
+    assert m, f"unexpected lease alert expression {lease['expr']!r}"
+    assert int(m.group(1)) >= 30
+    assert lease["for"] in ("0m", "0s", "0")
+
+
+def test_rules_use_only_contract_metrics() -> None:
+    recorded = {r["record"] for r in _rules() if "record" in r}
+    for rule in _rules():
+        for metric in re.findall(r"\bvaultsync[_:][a-z0-9_:]+", rule["expr"]):
+            assert metric in CONTRACT or metric in recorded, f"{rule.get('alert') or rule.get('record')} uses {metric}"
+
+
+def test_every_alert_is_tested_firing_and_not_firing() -> None:
+    tests = yaml.safe_load(RULE_TESTS.read_text())
+    assert tests["rule_files"] == ["../vaultsync.yml"]
+    fired, quiet = set(), set()
+    for case in tests["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (fired if check.get("exp_alerts") else quiet).add(check["alertname"])
+    alerts = set(_alerts())
+    assert alerts - fired == set(), "alerts without a firing test"
+    assert alerts - quiet == set(), "alerts without a not-firing test"
+
+
+# --- a real Prometheus with the stack's config --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prometheus(prometheus_server):
+    """The stack's prometheus.yml and rules, in a real Prometheus (its targets don't resolve here: that's fine)."""
+    return prometheus_server(CONFIG)
+
+
+def test_prometheus_loads_our_rules(prometheus) -> None:
+    rules = prometheus.rules()
+    names = {r["name"] for r in rules if r["type"] == "alerting"}
+    assert REQUIRED_ALERTS <= names
+    assert names == set(_alerts())
+    bad = [r for r in rules if r.get("health") not in ("ok", "unknown")]
+    assert not bad, json.dumps(bad, indent=1)
+    deadline = time.monotonic() + 30
+    while not (targets := prometheus.targets()) and time.monotonic() < deadline:
+        time.sleep(0.5)  # static targets appear after the first discovery sync
+    jobs = {t["labels"]["job"] for t in targets}
+    assert {"vaultsync", "openbao", "otel-collector"} <= jobs
+    openbao = next(t for t in targets if t["labels"]["job"] == "openbao")
+    assert openbao["scrapeUrl"].endswith("/v1/sys/metrics?format=prometheus")
+
+
+def test_absent_daemon_shows_up_as_pending_vaultsync_down(prometheus) -> None:
+    """Nothing answers at vaultsync:9464 here, so VaultsyncDown goes pending within a few evaluations."""
+    alerts = prometheus.wait_for_alert("VaultsyncDown", state="pending", timeout=90)
+    assert alerts[0]["labels"]["severity"] == "critical"
+
+
+def test_dashboard_queries_are_valid_promql(prometheus) -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    exprs: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            ds = node.get("datasource")
+            if "expr" in node and (not isinstance(ds, dict) or ds.get("type") == "prometheus"):
+                exprs.append(node["expr"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(dash)
+    assert len(exprs) >= 10
+    for expr in exprs:
+        q = expr.replace("$__rate_interval", "1m").replace("$__range", "1h").replace("$service", ".*")
+        prometheus.query(q)  # raises with Prometheus' parse error on a bad expression
+
+
+def test_factory_takes_a_dict_config_and_a_rules_dir(prometheus_server) -> None:
+    """The form daemon tests use: their own scrape config, our rules, fast evaluation."""
+    server = prometheus_server(
+        {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "scrape_configs": []},
+        rules_dir=PROM_DIR / "rules",
+    )
+    cfg = yaml.safe_load(server.config_file.read_text())
+    assert cfg["rule_files"] == [str(PROM_DIR / "rules" / "*.yml")]
+    assert {r["name"] for r in server.rules() if r["type"] == "alerting"} == set(_alerts())
+    hits = server.wait_for_alert("VaultsyncDown", state="pending", timeout=20)
+    assert hits[0]["labels"] == {"alertname": "VaultsyncDown", "job": "vaultsync", "severity": "critical"}
