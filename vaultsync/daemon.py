@@ -136,6 +136,7 @@ class Daemon:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._started = threading.Event()  # every configured service was read and rendered once
         self._secret_id: str | None = None  # kept for logins after max TTL (its file may be gone)
         self.scheduler = BackgroundScheduler(
             executors={"default": APThreadPool(8)},
@@ -200,6 +201,7 @@ class Daemon:
         # Services are independent: read and render them in parallel (same pool size as the scheduler).
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(self._add_service, self.settings.services.values()))
+        self._started.set()
         log.info("daemon started", services=len(self.services), version=__version__)
 
     def run_forever(self) -> int:
@@ -626,7 +628,7 @@ class Daemon:
     # -- health and status ---------------------------------------------------------------------
 
     def ready(self) -> bool:
-        if self.token.state is None:
+        if self.token.state is None or not self._started.is_set():
             return False
         return all(ds.last_success is not None for st in list(self.services.values()) for ds in st.destinations.values())
 
