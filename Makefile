@@ -48,8 +48,9 @@ demo: install
 test: install system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: install
+bench: install system-deps
 	$(BIN)/python bench/migrate.py
+	$(BIN)/python bench/daemon.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

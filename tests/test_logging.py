@@ -21,7 +21,7 @@ def test_fields_named_like_secrets_are_redacted_and_stable_fields_kept():
     event = json.loads(text)
     assert event["password"] == event["secret_id"] == event["client_token"] == vlog.REDACTED
     assert (event["service"], event["secret"], event["destination"]) == ("api", "db", "api.env")
-    assert {"timestamp", "level", "event"} <= set(event)
+    assert {"timestamp", "level", "event"} <= set(event) and event["app"] == "vaultsync"
 
 
 def test_registered_values_and_token_shapes_are_scrubbed_everywhere():

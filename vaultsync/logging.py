@@ -114,11 +114,18 @@ def _scrub_exception(value: Any) -> Any:
     return _scrub_any(value)
 
 
+def _app(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Tag every line, so a log pipeline that reads all containers can pick ours out."""
+    event_dict.setdefault("app", "vaultsync")
+    return event_dict
+
+
 def configure(fmt: str = "json", level: str = "info", stream: Any = None) -> None:
     """Configure structlog for the whole process. ``fmt`` is ``json`` or ``console``."""
     stream = stream or sys.stderr
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _app,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
     ]
