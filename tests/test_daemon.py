@@ -374,3 +374,19 @@ def test_each_poll_confirms_files_and_restores_one_that_was_changed(kv2, root, v
         wait_for(lambda: (workdir / "web.env").exists(), 5, "the file re-created")
     finally:
         d.stop()
+
+
+def test_a_dynamic_secret_that_cannot_be_read_is_retried_with_growing_backoff(kv2, root, vault_server, workdir):
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"A": "1"}, mount_point=kv2)
+    (workdir / "api.env").write_text("A='previous'\n")
+    cfg = config(workdir, kv2, '[services.api]\ndynamic = { db = "no-such-mount/creds/api" }\n'
+                 '[[services.api.destinations]]\npath = "api.env"\n')
+    d = DaemonProc(cfg, daemon_env(vault_server.addr, short_token(root), workdir), workdir).start(wait_ready=False)
+    try:
+        time.sleep(8)
+        failures = d.count("dynamic secret read failed")
+        assert 2 <= failures <= 5, f"{failures} attempts in 8 s (backoff 1, 2, 4 s ... expected)"
+        assert d._get("/readyz").status_code == 503
+        assert (workdir / "api.env").read_text() == "A='previous'\n", "a partial file replaced the previous one"
+    finally:
+        d.stop()

@@ -203,3 +203,21 @@ def test_json_logs_carry_no_values(kv2, cli, tmp_path):
     assert {"migrate planned", "migrate applied"} <= {e["event"] for e in events}
     assert all({"timestamp", "level", "event"} <= set(e) for e in events)
     assert CANARY not in res.output
+
+
+def test_paths_are_normalized_and_odd_names_reach_the_server_as_written(kv2, root, cli, tmp_path):
+    path = write_env(tmp_path, "api", b"A=1\n")
+    for _ in range(2):  # a trailing slash must plan the same secret again, not a "new" one
+        res = cli("migrate", "--mount", kv2, "--path", "compose//api/", str(path))
+        assert res.code == 0, res.output
+    assert kv2_version(root, kv2, "compose/api") == 1
+    odd = write_env(tmp_path, "a%20b#c", b"B=2\n")
+    for _ in range(2):
+        res = cli("migrate", "--mount", kv2, "--output", "json", str(odd))
+        assert res.code == 0, res.output
+    assert json.loads(res.stdout)["plan"]["writes"] == 0
+    keys = root.secrets.kv.v2.list_secrets(path="compose", mount_point=kv2)["data"]["keys"]
+    assert sorted(keys) == ["a%20b#c", "api"]
+    assert read(root, kv2, 2, "compose/api") == {"A": "1"}  # the '#' name did not clobber compose/api
+    bad = cli("migrate", "--mount", kv2, "--path", "compose/../x", str(path))
+    assert bad.code == 2 and "'..'" in bad.stderr

@@ -222,3 +222,41 @@ def test_shipped_migrator_policy_is_exactly_enough_for_migrate(root, cli, tmp_pa
     client = hvac.Client(url=root.url, token=token)
     with pytest.raises(hvac.exceptions.Forbidden):
         client.sys.list_acl_policies()
+
+
+def test_upper_case_policy_file_is_refused_before_anything_is_applied(root, cli, tmp_path):
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "Api-Read.hcl").write_text('path "secret/data/x" { capabilities = ["read"] }\n')
+    res = cli("policies", "apply", str(folder))
+    assert res.code == 2 and "lower-cases policy names" in res.stderr
+
+
+def test_daemon_keeps_its_unwrapped_secret_id_across_a_network_failure(fresh_vault, tmp_path):
+    """A wrapped secret_id can be unwrapped once: a login that fails for a network reason must
+    not throw the unwrapped value away (the file still holds the used wrapping token)."""
+    import os
+    import signal
+
+    from vaultsync.daemon import Daemon
+
+    root = hvac.Client(url=fresh_vault.addr, token=fresh_vault.token)
+    cfg = write_config(tmp_path, "secret", "approle", {"api": ""})
+    assert run_cli("--config", str(cfg), "policies", "apply", str(tmp_path),
+                   env={"VAULT_ADDR": fresh_vault.addr, "VAULT_TOKEN": fresh_vault.token, "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}).code == 0
+    creds = auth.issue_credentials(root, mount="approle", role="api", wrap_ttl=60)
+    auth.write_credentials(creds, tmp_path / "creds")
+    settings = config.load(cfg, env={"VAULT_ADDR": fresh_vault.addr}, overrides={"vault.timeout": 2.0})
+    settings = config.Settings(vault=settings.vault, kv=settings.kv, daemon=settings.daemon, services={},
+                               auth=AuthSettings(method="approle", mount="approle", role_name="api", secret_id_wrapped=True,
+                                                 role_id_file=str(tmp_path / "creds" / "role_id"),
+                                                 secret_id_file=str(tmp_path / "creds" / "secret_id")))
+    d = Daemon(settings, serve_http=False)
+    d._stop.set()  # no scheduler: call the login path directly
+    assert d._login()
+    os.kill(fresh_vault.pid, signal.SIGSTOP)
+    try:
+        assert not d._login()
+    finally:
+        os.kill(fresh_vault.pid, signal.SIGCONT)
+    assert d._login(), "the daemon lost its secret_id after a network failure"

@@ -61,8 +61,13 @@ def lookup_self(client: hvac.Client) -> TokenState:
         data = client.auth.token.lookup_self()["data"]
     except Exception as exc:  # noqa: BLE001
         raise describe(exc, "look up the token") from None
+    ttl = float(data.get("ttl") or 0)
+    if ttl == 0 and data.get("expire_time"):
+        # Vault rounds down: a token with under a second left reads as ttl 0, which
+        # elsewhere means "never expires". Keep it expiring, now.
+        ttl = 0.5
     return TokenState(
-        token=client.token, accessor=data.get("accessor", ""), ttl=float(data.get("ttl") or 0),
+        token=client.token, accessor=data.get("accessor", ""), ttl=ttl,
         renewable=bool(data.get("renewable")), period=float(data.get("period") or 0),
         policies=tuple(data.get("policies") or ()), method="token",
     )

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import tomllib
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -21,6 +24,8 @@ from vaultsync.leases import parse_duration
 
 DEFAULT_CONFIG = "vaultsync.toml"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Vault lower-cases policy and AppRole names; a mixed-case name would never match itself again.
+_SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,14 @@ def _from_dict(raw: Mapping[str, Any], src: str, base_dir: Path) -> Settings:
     daemon = _section(
         DaemonSettings, raw.get("daemon", {}), src, "daemon", durations={"poll_interval", "lease_revoke_grace", "lock_ttl"}
     )
+    _positive(daemon.poll_interval, src, "daemon.poll_interval")
+    _positive(daemon.lock_ttl, src, "daemon.lock_ttl")
+    if daemon.lease_revoke_grace < 0:
+        raise ConfigError(f"{src}: daemon.lease_revoke_grace must not be negative")
+    for name in raw.get("services", {}):
+        if not _SERVICE_NAME.match(name):
+            raise ConfigError(f"{src}: service name {name!r} must be lower case letters, digits, '_', '.', '-' "
+                              "(Vault lower-cases policy and AppRole names)")
     services = {
         name: _service(name, body, src, kv.prefix, base_dir) for name, body in raw.get("services", {}).items()
     }
@@ -215,7 +228,8 @@ def _service(name: str, body: Mapping[str, Any], src: str, prefix: str, base_dir
         where,
         durations={"token_ttl", "token_max_ttl", "token_period", "secret_id_ttl"},
     )
-    for r in rotate:
+    for i, r in enumerate(rotate):
+        _positive(r.every, src, f"{where}.rotate[{i}].every")
         if not _ENV_NAME.match(r.key):
             raise ConfigError(f"{src}: {where}.rotate: key {r.key!r} is not a valid variable name")
         if r.generator not in ("hex", "base64url", "alphanumeric"):
@@ -227,6 +241,7 @@ def _destination(item: Mapping[str, Any], src: str, where: str, base_dir: Path) 
     item = dict(item)
     wait = item.pop("wait", None)
     if isinstance(wait, Mapping):
+        _only(wait, {"min", "max"}, src, f"{where}.wait")
         item["wait_min"], item["wait_max"] = wait.get("min", 0), wait.get("max", wait.get("min", 0))
     elif wait is not None:
         item["wait_min"] = item["wait_max"] = wait
@@ -236,6 +251,14 @@ def _destination(item: Mapping[str, Any], src: str, where: str, base_dir: Path) 
         except ValueError:
             raise ConfigError(f"{src}: {where}.mode must be an octal string like \"0600\"") from None
     dest = _section(Destination, item, src, where, durations={"command_timeout", "wait_min", "wait_max"})
+    if not 0 <= dest.mode <= 0o777:
+        raise ConfigError(f"{src}: {where}.mode must be a permission like \"0600\" (as a string)")
+    _positive(dest.command_timeout, src, f"{where}.command_timeout")
+    if dest.wait_min < 0 or dest.wait_max < dest.wait_min:
+        raise ConfigError(f"{src}: {where}.wait needs 0 <= min <= max")
+    sig = dest.signal.upper()
+    if (sig if sig.startswith("SIG") else "SIG" + sig) not in signal.Signals.__members__:
+        raise ConfigError(f"{src}: {where}.signal {dest.signal!r} is not a signal name (e.g. HUP, USR1, TERM)")
     if dest.style not in ("dotenv", "docker", "shell", "template"):
         raise ConfigError(f"{src}: {where}.style must be dotenv, docker, shell or template")
     if dest.style == "template" and not dest.template:
@@ -258,6 +281,7 @@ def _section(cls: type, raw: Any, src: str, where: str, *, durations: set[str] =
             raise ConfigError(f"{src}: {where}.{key} may not be set in a file; use an environment variable or a token file")
     names = {f.name for f in fields(cls)} - {"token"}
     _only(raw, names, src, where)
+    hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key in durations and value is not None:
@@ -267,11 +291,51 @@ def _section(cls: type, raw: Any, src: str, where: str, *, durations: set[str] =
                 raise ConfigError(f"{src}: {where}.{key}: {exc}") from None
         elif isinstance(value, list):
             value = tuple(value)
+        if not _conforms(value, hints[key]):
+            raise ConfigError(f"{src}: {where}.{key} must be {_describe(hints[key])}, not {type(value).__name__} {value!r}"[:300])
         values[key] = value
     try:
         return cls(**values)
     except TypeError as exc:
         raise ConfigError(f"{src}: {where}: {exc}") from None
+
+
+def _conforms(value: Any, tp: Any) -> bool:
+    """Does a TOML value fit a dataclass field's type? (bool is not an int here.)"""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        return isinstance(value, (tuple, list)) and all(_conforms(v, args[0]) for v in value)
+    if origin in (Mapping, dict):
+        return isinstance(value, Mapping) and all(isinstance(k, str) and _conforms(v, args[1]) for k, v in value.items())
+    return isinstance(value, origin or tp)
+
+
+def _describe(tp: Any) -> str:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _describe(args[0])
+    return {bool: "true or false", int: "a whole number", float: "a number or a duration", str: "a string"}.get(
+        tp, "a list of strings" if typing.get_origin(tp) is tuple else "a table of strings" if typing.get_origin(tp) in (Mapping, dict) else str(tp)
+    )
+
+
+def _positive(value: float | None, src: str, where: str) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(f"{src}: {where} must be more than 0")
 
 
 def _env(env: Mapping[str, str], name: str) -> str | None:
@@ -287,8 +351,8 @@ def _apply_env(s: Settings, env: Mapping[str, str]) -> Settings:
         if value is not None:
             changes[attr] = value
     skip = _env(env, "SKIP_VERIFY")
-    if skip is not None and skip.lower() in ("1", "true", "yes"):
-        changes["tls_verify"] = False
+    if skip is not None:  # the environment wins over the file, either way
+        changes["tls_verify"] = skip.strip().lower() not in ("1", "true", "yes")
     return replace(s, vault=replace(vault, **changes))
 
 

@@ -80,6 +80,7 @@ class ServiceState:
     kv_version: int = 0
     kv_loaded: bool = False  # a read succeeded (the secret may still be absent)
     kv_attempt: int = 0
+    issue_attempts: dict[str, int] = field(default_factory=dict)  # consecutive failed reads per dynamic secret
     leases: dict[str, Lease] = field(default_factory=dict)
     destinations: dict[str, DestinationState] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -138,6 +139,7 @@ class Daemon:
         self._reload = threading.Event()
         self._started = threading.Event()  # every configured service was read and rendered once
         self._secret_id: str | None = None  # kept for logins after max TTL (its file may be gone)
+        self._secret_id_stat: tuple[int, int] | None = None  # (inode, mtime) of the file it came from
         self.scheduler = BackgroundScheduler(
             executors={"default": APThreadPool(8)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -149,11 +151,12 @@ class Daemon:
 
     # -- scheduling helpers ---------------------------------------------------------------
 
-    def _at(self, job_id: str, when: float, fn: Callable[..., Any], *args: Any) -> None:
+    def _at(self, job_id: str, when: float, fn: Callable[..., Any], *args: Any, instances: int = 1) -> None:
         if self._stop.is_set():
             return
         run_date = datetime.fromtimestamp(max(when, self.clock()), tz=timezone.utc)
-        self.scheduler.add_job(self._guard(job_id, fn), "date", run_date=run_date, id=job_id, replace_existing=True, args=args)
+        self.scheduler.add_job(self._guard(job_id, fn), "date", run_date=run_date, id=job_id, replace_existing=True,
+                               args=args, max_instances=instances)
 
     def _guard(self, job_id: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def run(*args: Any) -> None:
@@ -247,6 +250,7 @@ class Daemon:
         method = s.auth.method
         try:
             if method == "approle" and self._secret_id is None:
+                self._secret_id_stat = _file_id(s.auth.secret_id_file)
                 self._secret_id = auth.read_secret_id(self.client, s.auth)
             state = auth.login(self.client, s.vault, s.auth, secret_id=self._secret_id)
         except auth.SecurityError as exc:
@@ -257,8 +261,9 @@ class Daemon:
             err = exc if isinstance(exc, VaultsyncError) else describe(exc, f"{method} login")
             self.metrics.logins.labels(method, "failure").inc()
             log.warning("login failed", method=method, error=str(err))
-            if s.auth.secret_id_file and os.path.exists(s.auth.secret_id_file):
-                self._secret_id = None  # new credentials were delivered: read them next time
+            current = _file_id(s.auth.secret_id_file)
+            if method == "approle" and current is not None and current != self._secret_id_stat:
+                self._secret_id = None  # new credentials were delivered since we read ours: use them next time
             return False
         self.metrics.logins.labels(method, "success").inc()
         now = self.clock()
@@ -350,11 +355,15 @@ class Daemon:
         if st is None:
             return
         for job in self.scheduler.get_jobs():
-            if job.id.split(":")[1:2] == [name]:
+            if job.id.split(":")[1:2] == [name] and not job.id.startswith("revoke:"):
                 job.remove()
-        if revoke:
-            for lease in st.leases.values():
-                self._revoke(lease.lease_id, name, lease.name)
+        grace = self.settings.daemon.lease_revoke_grace
+        for lease in st.leases.values():
+            if revoke:
+                self._revoke(lease.lease_id, name, lease.name, lease.data)
+            elif lease.lease_id:  # replaced by the re-added service's new lease: revoke after the grace
+                self._at(f"revoke:{name}:{lease.name}:{uuid.uuid4().hex[:8]}", self.clock() + grace, self._revoke,
+                         lease.lease_id, name, lease.name, lease.data)
         self.metrics.forget_service(st.settings)
 
     # -- KV ----------------------------------------------------------------------------------------
@@ -374,8 +383,14 @@ class Daemon:
             return
         recovering = st.kv_attempt > 0
         st.kv_attempt = 0
+        interval = self.settings.daemon.poll_interval
+        self._at(f"kv:{service}", self.clock() + interval * self.rng.uniform(0.9, 1.0), self._kv_job, service)
         with st.lock:
             changed = secret.data != st.kv_data or (secret.version and secret.version != st.kv_version)
+            if changed:
+                for value in (secret.data or {}).values():
+                    register_secret(value if isinstance(value, str) else None)
+                self._forget_values(st.kv_data or {})
             st.kv_data, st.kv_version = secret.data, secret.version
             first_load, st.kv_loaded = not st.kv_loaded, True
         if secret.version:
@@ -387,8 +402,6 @@ class Daemon:
             self._render_all(service, reason="kv changed" if changed else "server back")
         elif not initial:
             self._verify_all(service)
-        interval = self.settings.daemon.poll_interval
-        self._at(f"kv:{service}", self.clock() + interval * self.rng.uniform(0.9, 1.0), self._kv_job, service)
 
     # -- dynamic secrets and their leases -----------------------------------------------------
 
@@ -404,16 +417,16 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001
             err = describe(exc, f"read {path}")
             old = st.leases.get(name)
-            attempt = (old.attempt if old else 0) + 1
+            attempt = st.issue_attempts.get(name, 0)
+            st.issue_attempts[name] = attempt + 1
             delay = self._retry_delay(attempt, old.expires_at if old else None)
             if delay is None:  # the old lease is gone already: keep trying, backed off
                 delay = leases.backoff_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
-            if old:
-                old.attempt = attempt
             log.warning("dynamic secret read failed", service=service, secret=name, error=str(err), retry_in=round(delay, 2))
             self._at(f"lease:{service}:{name}", self.clock() + delay, self._reissue, service, name)
             return False
         now = self.clock()
+        st.issue_attempts.pop(name, None)
         data = dict(resp.get("data") or {})
         for value in data.values():
             if isinstance(value, str):
@@ -427,6 +440,7 @@ class Daemon:
             st.leases[name] = lease
         self.metrics.lease_expiry.labels(service, name).set(lease.expires_at if ttl else 0)
         log.info("dynamic secret issued", service=service, secret=name, ttl=ttl, renewable=lease.renewable)
+        self._schedule_lease(lease)  # before rendering: nothing a render does can drop the lease
         if not initial:
             self._render_all(service, reason=f"{name} re-issued" if old else f"{name} issued")
         if old is not None:
@@ -436,7 +450,6 @@ class Daemon:
                 self._at(f"revoke:{service}:{name}:{uuid.uuid4().hex[:8]}", revoke_at, self._revoke, old.lease_id, service, name, old.data)
             else:
                 self._forget_values(old.data)
-        self._schedule_lease(lease)
         return True
 
     def _reissue(self, service: str, name: str) -> None:
@@ -516,7 +529,9 @@ class Daemon:
             ds = st.destinations[dest.path]
             if ds.window is not None and ds.last_success is not None:
                 due = ds.window.on_change(self.clock())
-                self._at(f"render:{service}:{dest.path}", due, self._render_one, service, dest.path, reason)
+                # Two instances: a change that arrives while the previous render's hook runs
+                # must not be skipped (a skipped one-off job is gone).
+                self._at(f"render:{service}:{dest.path}", due, self._render_one, service, dest.path, reason, instances=2)
             else:
                 self._render_one(service, dest.path, reason)
 
@@ -527,9 +542,11 @@ class Daemon:
         st = self.services.get(service)
         if st is None or not st.kv_loaded or any(n not in st.leases for n in st.settings.dynamic):
             return
+        now = self.clock()
         for dest in st.settings.destinations:
             ds = st.destinations[dest.path]
-            if ds.window is None or not ds.window.pending:
+            if ds.window is None or not ds.window.pending or ds.window.due(now + 0.5):
+                # (a pending render that is overdue was lost: do it now)
                 self._render_one(service, dest.path, "poll")
 
     def _render_one(self, service: str, path: str, reason: str) -> None:
@@ -539,9 +556,9 @@ class Daemon:
         dest = next(d for d in st.settings.destinations if d.path == path)
         ds = st.destinations[path]
         with st.lock:  # one render of a service at a time; others wait, none is lost
-            if ds.window is not None:
-                ds.window.rendered()
             outcome = write_destination(dest, service_values(st), service=service)
+            if ds.window is not None and outcome.result != "failure":
+                ds.window.rendered()
         now = self.clock()
         self.metrics.renders.labels(service, dest.name, outcome.result).inc()
         ds.last_result, ds.error = outcome.result, outcome.error
@@ -567,7 +584,7 @@ class Daemon:
                 log.info("signal sent", service=service, destination=dest.name, pid=pid, signal=dest.signal)
             else:
                 return
-        except VaultsyncError as exc:
+        except Exception as exc:  # noqa: BLE001 - a hook must never break the job that rendered
             ok = False
             log.error("hook failed", service=service, destination=dest.name, error=str(exc))
         self.metrics.hooks.labels(service, dest.name, "success" if ok else "failure").inc()
@@ -662,6 +679,14 @@ class Daemon:
                 },
             }
         return out
+
+
+def _file_id(path: str | None) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns) if st else None
 
 
 # --- one destination, no scheduler (also `vaultsync render`) -----------------------------------

@@ -81,7 +81,8 @@ def start(port: int | None = None, *, state_dir: Path, binary: str | None = None
         "VAULT_DEV_ROOT_TOKEN_ID": token,
         "BAO_DEV_ROOT_TOKEN_ID": token,
     }
-    with open(log, "ab") as out:
+    # The dev server prints its root token and unseal key: the log is for our user only.
+    with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
         proc = subprocess.Popen(
             [binary, "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}", "-dev-no-store-token"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,

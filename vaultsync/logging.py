@@ -34,7 +34,7 @@ _SECRET_FIELD = re.compile(
 # Vault: hvs./hvb./hvr. (+ legacy s./b./r.); OpenBao: s./b./r. Never validated, only hidden.
 _TOKEN_SHAPE = re.compile(r"\b(?:hv[sbr]|[sbr])\.[A-Za-z0-9_\-]{20,}(?:\.[A-Za-z0-9_\-]+)?")
 
-_known: set[str] = set()
+_known: dict[str, int] = {}  # value -> how many live holders registered it
 _known_lock = threading.Lock()
 _ordered: tuple[str, ...] = ()  # longest first, so a secret containing another is hidden whole
 
@@ -45,18 +45,22 @@ def register_secret(value: str | None) -> None:
     if not value or len(value) < 4:  # a 1-3 char "secret" would shred every log line
         return
     with _known_lock:
-        if value not in _known:
-            _known.add(value)
+        _known[value] = _known.get(value, 0) + 1
+        if _known[value] == 1:
             _ordered = tuple(sorted(_known, key=len, reverse=True))
 
 
 def forget_secret(value: str | None) -> None:
-    """Stop scrubbing ``value`` (a revoked or replaced credential), so the set of
-    scrubbed values stays as large as what is alive, not what was ever issued."""
+    """Drop one registration of ``value`` (a revoked or replaced credential); it stops
+    being scrubbed once no holder has it registered, so the set of scrubbed values
+    stays as large as what is alive, not what was ever issued."""
     global _ordered
     with _known_lock:
-        if value in _known:
-            _known.discard(value)  # type: ignore[arg-type]
+        count = _known.get(value or "", 0)
+        if count > 1:
+            _known[value] = count - 1  # type: ignore[index]
+        elif count == 1:
+            del _known[value]  # type: ignore[arg-type]
             _ordered = tuple(sorted(_known, key=len, reverse=True))
 
 

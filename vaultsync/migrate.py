@@ -21,7 +21,7 @@ from typing import Any
 from vaultsync import envfile
 from vaultsync.config import SourceSpec
 from vaultsync.errors import BadInput, Conflict, VaultsyncError
-from vaultsync.vault import KV, Secret
+from vaultsync.vault import KV, Secret, normalize_path
 
 ADDED, CHANGED, UNCHANGED, ONLY_IN_VAULT, REMOVED = "added", "changed", "unchanged", "only_in_vault", "removed"
 
@@ -78,9 +78,10 @@ class Outcome:
 
     @property
     def exit_code(self) -> int:
-        if self.conflicts:
-            return Conflict.exit_code
-        return 1 if self.failed else 0
+        """1 when anything failed outright (it needs a person), else 3 on conflicts (re-run), else 0."""
+        if self.failed:
+            return 1
+        return Conflict.exit_code if self.conflicts else 0
 
 
 # --- building targets --------------------------------------------------------------
@@ -122,6 +123,10 @@ def build_targets(
             grouped.setdefault(path, {})[key] = entry.value
             origins[path][key] = where
     targets = [Target(path, grouped[path], origins[path]) for path in sorted(grouped)]
+    normalized = [normalize_path(t.path) for t in targets]
+    if len(set(normalized)) != len(normalized):
+        raise BadInput("two sources map to the same secret path once '/' are normalized; give them distinct paths")
+    targets = [Target(n, t.data, t.origins) for n, t in zip(normalized, targets)]
     for t in targets:
         size = len(json.dumps(dict(t.data)).encode())
         if size > max_secret_bytes:

@@ -77,8 +77,9 @@ def load_dir(folder: str | Path) -> list[Policy]:
     out = []
     for path in sorted(folder.glob("*.hcl")):
         name = path.stem
-        if not _NAME.match(name):
-            raise BadInput(f"{path}: {name!r} is not a valid policy name")
+        if not _NAME.match(name) or name != name.lower():
+            raise BadInput(f"{path}: {name!r} is not a valid policy name (lower case letters, digits, '_', '.', '-': "
+                           "Vault lower-cases policy names)")
         if name in PROTECTED:
             raise BadInput(f"{path}: the {name!r} policy is managed by the server, not by files")
         try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vaultsync.config import RotateSpec
-from vaultsync.errors import Conflict
+from vaultsync.errors import ConfigError, Conflict, VaultsyncError
 from vaultsync.vault import KV
 
 _ALNUM = string.ascii_letters + string.digits
@@ -47,6 +47,8 @@ def lock_path(service: str, key: str) -> str:
 def rotate_if_due(kv: KV, service: str, secret_path: str, spec: RotateSpec, *, holder: str, now: float, lock_ttl: float) -> RotationResult:
     """Take the lock, rotate ``spec.key`` if ``spec.every`` has passed since the last
     rotation (by any daemon), release the lock. Raises VaultError on server errors."""
+    if kv.version != 2:
+        raise ConfigError(f"rotation of {service}/{spec.key} needs KV v2 (check-and-set); mount {kv.mount!r} is KV v1")
     path = lock_path(service, spec.key)
     lock = kv.read(path)
     doc: dict[str, Any] = dict(lock.data or {})
@@ -66,7 +68,12 @@ def rotate_if_due(kv: KV, service: str, secret_path: str, spec: RotateSpec, *, h
     except BaseException:
         _release(kv, path, doc, version, last)
         raise
-    _release(kv, path, doc, version, now)
+    try:
+        _release(kv, path, doc, version, now)
+    except VaultsyncError:
+        # The key was rotated; only recording it failed. Do not rotate again: the lock
+        # expires by itself, and until then no one (us included) rotates this key.
+        pass
     return RotationResult("rotated", version=new_version, next_due=now + spec.every)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import hvac
 import hvac.exceptions
@@ -17,7 +18,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from vaultsync.config import VaultSettings, resolve_token
-from vaultsync.errors import ConfigError, Conflict, VaultError
+from vaultsync.errors import BadInput, ConfigError, Conflict, VaultError
 from vaultsync.logging import register_secret
 
 
@@ -68,6 +69,20 @@ def describe(exc: Exception, action: str) -> VaultError:
     return VaultError(f"{action}: {type(exc).__name__}")
 
 
+def normalize_path(path: str) -> str:
+    """``a//b/`` -> ``a/b``; ``.`` and ``..`` segments are refused (the server would
+    resolve them differently than a reader of the plan expects)."""
+    parts = [p for p in path.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise BadInput(f"secret path {path!r} has a '.' or '..' segment")
+    return "/".join(parts)
+
+
+def _url_path(path: str) -> str:
+    """Percent-encode each segment, so '#', '?' or '%' in a name reach the server as written."""
+    return "/".join(quote(p, safe="") for p in normalize_path(path).split("/")) if path.strip("/") else ""
+
+
 @dataclass(frozen=True)
 class Secret:
     """What a KV path holds. ``version`` 0 means nothing there (v2) or unknown (v1)."""
@@ -108,16 +123,17 @@ class KV:
         self.client, self.mount, self.version = client, mount.strip("/"), version
 
     def read(self, path: str) -> Secret:
-        path = path.strip("/")
+        path = normalize_path(path)
+        url = _url_path(path)
         try:
             if self.version == 2:
-                resp = self.client.adapter.get(f"/v1/{self.mount}/data/{path}")
+                resp = self.client.adapter.get(f"/v1/{self.mount}/data/{url}")
                 body = resp["data"]
                 meta = body.get("metadata") or {}
                 # A deleted or destroyed latest version reads as absent but keeps its number,
                 # which check-and-set must be given.
                 return Secret(path, body.get("data"), int(meta.get("version") or 0))
-            resp = self.client.adapter.get(f"/v1/{self.mount}/{path}")
+            resp = self.client.adapter.get(f"/v1/{self.mount}/{url}")
             return Secret(path, resp["data"], 0)
         except hvac.exceptions.InvalidPath as exc:
             if self.version == 2 and exc.json and isinstance(exc.json.get("data"), dict):
@@ -131,8 +147,9 @@ class KV:
     def list(self, folder: str) -> list[str] | None:
         """Names directly under ``folder`` (sub-folders end in ``/``); [] when empty,
         None when the token may not list it."""
-        folder = folder.strip("/")
-        url = f"/v1/{self.mount}/metadata/{folder}" if self.version == 2 else f"/v1/{self.mount}/{folder}"
+        folder = normalize_path(folder)
+        enc = _url_path(folder)
+        url = f"/v1/{self.mount}/metadata/{enc}" if self.version == 2 else f"/v1/{self.mount}/{enc}"
         try:
             resp = self.client.adapter.list(url)
         except hvac.exceptions.InvalidPath:
@@ -147,15 +164,16 @@ class KV:
         """Write the whole secret. On v2 with ``cas`` the write fails with
         :class:`Conflict` if the current version is not ``cas`` (0: must not exist).
         Returns the new version (v2) or 0 (v1)."""
-        path = path.strip("/")
+        path = normalize_path(path)
+        url = _url_path(path)
         try:
             if self.version == 2:
                 body: dict[str, Any] = {"data": data}
                 if cas is not None:
                     body["options"] = {"cas": cas}
-                resp = self.client.adapter.post(f"/v1/{self.mount}/data/{path}", json=body)
+                resp = self.client.adapter.post(f"/v1/{self.mount}/data/{url}", json=body)
                 return int(resp["data"]["version"])
-            self.client.adapter.post(f"/v1/{self.mount}/{path}", json=data)
+            self.client.adapter.post(f"/v1/{self.mount}/{url}", json=data)
             return 0
         except hvac.exceptions.InvalidRequest as exc:
             if any("check-and-set" in str(e) for e in (exc.errors or [])):
@@ -166,7 +184,7 @@ class KV:
 
     def policy_paths(self, path: str) -> dict[str, list[str]]:
         """The policy paths (and capabilities) that read ``path`` on this mount."""
-        path = path.strip("/")
+        path = normalize_path(path)
         if self.version == 2:
             return {f"{self.mount}/data/{path}": ["read"], f"{self.mount}/metadata/{path}": ["read", "list"]}
         return {f"{self.mount}/{path}": ["read", "list"]}
