@@ -390,3 +390,23 @@ def test_a_dynamic_secret_that_cannot_be_read_is_retried_with_growing_backoff(kv
         assert (workdir / "api.env").read_text() == "A='previous'\n", "a partial file replaced the previous one"
     finally:
         d.stop()
+
+
+def test_status_command_reports_token_leases_and_destinations(kv2, root, vault_server, postgres_server, cli, workdir):
+    db = database_engine(root, postgres_server, default_ttl="10m", max_ttl="1h")
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"A": "1"}, mount_point=kv2)
+    cfg = config(workdir, kv2, f'[services.api]\ndynamic = {{ db = "{db}/creds/api" }}\n[[services.api.destinations]]\npath = "api.env"\n')
+    d = DaemonProc(cfg, daemon_env(vault_server.addr, short_token(root), workdir), workdir).start()
+    try:
+        text = cli("status", "--metrics-addr", f"127.0.0.1:{d.port}")
+        assert text.code == 0, text.output
+        assert "ready: True" in text.stdout and "api: kv compose/api v1" in text.stdout
+        assert "lease db: " in text.stdout and f"{workdir / 'api.env'}: success" in text.stdout
+        doc = json.loads(cli("status", "--metrics-addr", f"127.0.0.1:{d.port}", "--output", "json").stdout)
+        assert 500 < doc["services"]["api"]["leases"]["db"]["time_left"] <= 600
+        creds = dotenv_values(workdir / "api.env")
+        assert creds["DB_PASSWORD"] not in text.stdout + json.dumps(doc)
+    finally:
+        d.stop()
+    down = cli("status", "--metrics-addr", f"127.0.0.1:{d.port}")
+    assert down.code == 1 and "no daemon answers" in down.stderr

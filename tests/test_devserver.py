@@ -1,0 +1,38 @@
+"""`vaultsync dev up/down`: a real dev server in the background, its token never on a command line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import hvac
+
+from tests.conftest import run_cli
+from vaultsync import devserver
+from tests.fixtures_servers import free_port
+
+
+def test_dev_up_prints_exports_reuses_the_running_server_and_down_stops_it(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    # A cache folder of its own (for the state file); the server binary is the one the suite uses.
+    env.update(HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache"), VAULTSYNC_SERVER_BIN=devserver.find_server_binary())
+    port = free_port()
+    up = run_cli("dev", "up", "--port", str(port), env=env)
+    try:
+        assert up.code == 0, up.output
+        exports = dict(line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines())
+        assert exports["VAULT_ADDR"] == f"http://127.0.0.1:{port}"
+        client = hvac.Client(url=exports["VAULT_ADDR"], token=exports["VAULT_TOKEN"])
+        assert client.is_authenticated() and "secret/" in client.sys.list_mounted_secrets_engines()["data"]
+        state = tmp_path / "cache" / "vaultsync" / "dev"
+        assert (state / "server.json").stat().st_mode & 0o777 == 0o600
+        logs = list(state.glob("server-*.log"))
+        assert logs and all(p.stat().st_mode & 0o777 == 0o600 for p in logs)
+        pid = __import__("json").loads((state / "server.json").read_text())["pid"]
+        assert exports["VAULT_TOKEN"] not in Path(f"/proc/{pid}/cmdline").read_text()
+        again = run_cli("dev", "up", env=env)
+        assert again.stdout == up.stdout  # the same server, not a second one
+    finally:
+        down = run_cli("dev", "down", env=env)
+    assert down.code == 0 and down.stdout.strip() == "stopped"
+    assert run_cli("dev", "down", env=env).stdout.strip() == "no dev server was running"
