@@ -142,7 +142,7 @@ class Daemon:
         self._secret_id_stat: tuple[int, int] | None = None  # (inode, mtime) of the file it came from
         self.scheduler = BackgroundScheduler(
             executors={"default": APThreadPool(8)},
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            job_defaults={"coalesce": True, "max_instances": 2, "misfire_grace_time": None},
             timezone=timezone.utc,
         )
         self.http: HealthServer | None = None
@@ -151,7 +151,10 @@ class Daemon:
 
     # -- scheduling helpers ---------------------------------------------------------------
 
-    def _at(self, job_id: str, when: float, fn: Callable[..., Any], *args: Any, instances: int = 1) -> None:
+    def _at(self, job_id: str, when: float, fn: Callable[..., Any], *args: Any, instances: int = 2) -> None:
+        """Run ``fn`` once at ``when`` as job ``job_id`` (replacing a pending one). Two instances
+        may run: a job often reschedules itself, possibly for "now", while it is still finishing,
+        and APScheduler drops (not delays) a one-off run over the limit."""
         if self._stop.is_set():
             return
         run_date = datetime.fromtimestamp(max(when, self.clock()), tz=timezone.utc)
@@ -318,7 +321,7 @@ class Daemon:
         log.info("token renewed", ttl=new.ttl, next=decision.action.value, in_s=round(decision.delay or 0, 2), max_ttl_reached=decision.max_ttl_reached)
         self._schedule_token()
 
-    def _relogin(self, why: str) -> None:
+    def _relogin(self, why: str) -> bool:
         log.info("logging in again", reason=why)
         if self._login():
             # Leases die with the token that created them: re-issue every dynamic secret under
@@ -326,12 +329,13 @@ class Daemon:
             for svc in list(self.services.values()):
                 for name in list(svc.leases):
                     self._at(f"lease:{svc.settings.name}:{name}", self.clock(), self._reissue, svc.settings.name, name)
-            return
+            return True
         self.token.attempt += 1
         delay = leases.backoff_delay(self.token.attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
         self.token.decision = replace(self.token.decision, action=leases.Action.REISSUE) if self.token.decision else None
         log.warning("login failed, retrying", retry_in=round(delay, 2))
         self._at("token", self.clock() + delay, self._relogin, why)
+        return False
 
     # -- services ------------------------------------------------------------------------------
 
@@ -453,6 +457,15 @@ class Daemon:
         return True
 
     def _reissue(self, service: str, name: str) -> None:
+        st = self.services.get(service)
+        old = st.leases.get(name) if st else None
+        tok = self.token
+        if (old is not None and old.ttl and tok.decision is not None and tok.decision.action is leases.Action.REISSUE
+                and tok.expires_at is not None and tok.expires_at - self.clock() < old.ttl):
+            # The token is at its max TTL and would die (taking the new lease with it) before this
+            # lease's term: log in first; that re-issues every lease under the new token, this one too.
+            if self._relogin("a lease is due and the token would not outlive it"):
+                return
         self._issue(service, name)
 
     def _schedule_lease(self, lease: Lease) -> None:
@@ -529,9 +542,8 @@ class Daemon:
             ds = st.destinations[dest.path]
             if ds.window is not None and ds.last_success is not None:
                 due = ds.window.on_change(self.clock())
-                # Two instances: a change that arrives while the previous render's hook runs
-                # must not be skipped (a skipped one-off job is gone).
-                self._at(f"render:{service}:{dest.path}", due, self._render_one, service, dest.path, reason, instances=2)
+                # (two instances: a change arriving while the previous render's hook runs is not skipped)
+                self._at(f"render:{service}:{dest.path}", due, self._render_one, service, dest.path, reason)
             else:
                 self._render_one(service, dest.path, reason)
 
