@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import dashboards
+
 pytestmark = pytest.mark.prometheus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,20 +186,10 @@ def test_absent_daemon_shows_up_as_pending_vaultsync_down(prometheus) -> None:
 
 def test_dashboard_queries_are_valid_promql(prometheus) -> None:
     dash = json.loads(DASHBOARD.read_text())
-    exprs: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            ds = node.get("datasource")
-            if "expr" in node and (not isinstance(ds, dict) or ds.get("type") == "prometheus"):
-                exprs.append(node["expr"])
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(dash)
+    exprs = [
+        node["expr"] for node in dashboards.nodes(dash)
+        if "expr" in node and (not isinstance(node.get("datasource"), dict) or node["datasource"].get("type") == "prometheus")
+    ]
     assert len(exprs) >= 10
     for expr in exprs:
         q = expr.replace("$__rate_interval", "1m").replace("$__range", "1h").replace("$service", ".*")

@@ -29,6 +29,8 @@ import pytest
 import requests
 import yaml
 
+from tests import dashboards
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_DIR = ROOT / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
@@ -451,20 +453,11 @@ def test_grafana_provisioning_and_dashboard(project: dict[str, Any]) -> None:
     dash = json.loads((COMPOSE_DIR / "grafana" / "dashboards" / "vaultsync.json").read_text())
     uids = {d["uid"] for d in ds}
     exprs = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("datasource"), dict) and node["datasource"].get("type") in ("prometheus", "loki"):
-                assert node["datasource"]["uid"] in uids, f"dashboard uses unknown datasource {node['datasource']}"
-            if "expr" in node:
-                exprs.append(node["expr"])
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(dash)
+    for node in dashboards.nodes(dash):
+        if isinstance(node.get("datasource"), dict) and node["datasource"].get("type") in ("prometheus", "loki"):
+            assert node["datasource"]["uid"] in uids, f"dashboard uses unknown datasource {node['datasource']}"
+        if "expr" in node:
+            exprs.append(node["expr"])
     joined = "\n".join(exprs)
     # time left = expiry - time(), leaving out 0 ("never expires")
     assert re.search(r"\(vaultsync_lease_expiry_timestamp_seconds(\{[^}]*\})? > 0\)\s*-\s*time\(\)", joined)

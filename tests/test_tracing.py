@@ -9,7 +9,6 @@ from pathlib import Path
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tests.conftest import run_cli
 
 CANARY = "canary-otel-Zq9-value"
 

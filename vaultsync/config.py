@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vaultsync.errors import ConfigError
+from vaultsync.formats import STYLES
 from vaultsync.leases import parse_duration
 
 DEFAULT_CONFIG = "vaultsync.toml"
@@ -259,8 +260,8 @@ def _destination(item: Mapping[str, Any], src: str, where: str, base_dir: Path) 
     sig = dest.signal.upper()
     if (sig if sig.startswith("SIG") else "SIG" + sig) not in signal.Signals.__members__:
         raise ConfigError(f"{src}: {where}.signal {dest.signal!r} is not a signal name (e.g. HUP, USR1, TERM)")
-    if dest.style not in ("dotenv", "docker", "shell", "template"):
-        raise ConfigError(f"{src}: {where}.style must be dotenv, docker, shell or template")
+    if dest.style not in STYLES:
+        raise ConfigError(f"{src}: {where}.style must be one of {', '.join(STYLES)}")
     if dest.style == "template" and not dest.template:
         raise ConfigError(f"{src}: {where}: style = \"template\" needs template = \"<file>\"")
     return replace(dest, path=_rel(dest.path, base_dir), template=_rel(dest.template, base_dir), command=tuple(dest.command))

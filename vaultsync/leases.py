@@ -345,32 +345,14 @@ def plan_after_renewal(
             else f"ttl {ttl:g}s < previous {float(previous_ttl or 0):g}s"
         )
 
-    if capped:
-        # Keep the grace drawn while the lease was still extending: it is
-        # relative to the full lease, which is the window re-issuing needs.
-        delay = ttl - grace if ttl > grace else 0.0
-        delay = min(ttl, max(delay, _floor(ttl)))
-        return _decision(
-            Action.REISSUE,
-            delay,
-            now=now,
-            ttl=ttl,
-            grace=grace,
-            reason=f"max ttl reached ({why})",
-            max_ttl_reached=True,
-        )
-
-    if ttl <= grace and not periodic:
-        delay = min(ttl, _floor(ttl))
-        return _decision(
-            Action.REISSUE,
-            delay,
-            now=now,
-            ttl=ttl,
-            grace=grace,
-            reason=f"ttl {ttl:g}s within grace {grace:g}s",
-            max_ttl_reached=True,
-        )
+    within_grace = ttl <= grace and not periodic
+    if capped or within_grace:
+        # Re-issue when the grace window starts (at once if it already has). Keep the
+        # grace drawn while the lease was still extending: it is relative to the full
+        # lease, which is the window re-issuing needs.
+        delay = min(ttl, max(ttl - grace, _floor(ttl)))
+        reason = f"max ttl reached ({why})" if capped else f"ttl {ttl:g}s within grace {grace:g}s"
+        return _decision(Action.REISSUE, delay, now=now, ttl=ttl, grace=grace, reason=reason, max_ttl_reached=True)
 
     # Still extending: draw a fresh grace for the new duration (as OpenBao does).
     grace = grace_period(ttl, rng)

@@ -23,7 +23,6 @@ def enabled() -> bool:
 
 def _tracer() -> Any:
     global _provider
-    from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
