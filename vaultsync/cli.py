@@ -93,7 +93,7 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
 
     s = state.settings(**{"kv.mount": mount, "kv.prefix": prefix, "kv.version": kv_version, "migrate.concurrency": concurrency})
     if env_files:
-        if (service or secret_path) and len(env_files) > 1 and secret_path:
+        if secret_path and len(env_files) > 1:
             raise BadInput("--path names one secret; give one file, or use --service/--prefix")
         sources = [config.SourceSpec(file=f, service=service, path=secret_path) for f in env_files]
     else:
