@@ -68,3 +68,10 @@ def test_missing_explicit_config_is_an_error_but_a_missing_default_is_not(tmp_pa
         config.load(tmp_path / "nope.toml", env={})
     monkeypatch.chdir(tmp_path)
     assert config.load(None, env={}).kv.mount == "secret"
+
+
+def test_service_tables_may_not_rename_themselves_or_write_one_file_twice(tmp_path):
+    with pytest.raises(ConfigError, match="unknown setting services.api.name"):
+        load(tmp_path, '[services.api]\nname = "Not Valid!"\n')
+    with pytest.raises(ConfigError, match="two destinations write the same file"):
+        load(tmp_path, '[services.api]\n[[services.api.destinations]]\npath = "a.env"\n[[services.api.destinations]]\npath = "a.env"\nstyle = "shell"\n')

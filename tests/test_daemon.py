@@ -410,3 +410,14 @@ def test_status_command_reports_token_leases_and_destinations(kv2, root, vault_s
         d.stop()
     down = cli("status", "--metrics-addr", f"127.0.0.1:{d.port}")
     assert down.code == 1 and "no daemon answers" in down.stderr
+
+
+def test_render_command_renders_the_other_services_when_one_fails(kv2, root, vault_server, cli, workdir):
+    root.secrets.kv.v2.create_or_update_secret(path="compose/good", secret={"A": "1"}, mount_point=kv2)
+    cfg = config(workdir, kv2, '[services.broken]\ndynamic = { db = "no-such-mount/creds/x" }\n'
+                 '[[services.broken.destinations]]\npath = "broken.env"\n'
+                 '[services.good]\n[[services.good.destinations]]\npath = "good.env"\n')
+    res = cli("--config", str(cfg), "render", "--output", "json")
+    assert res.code == 1, res.output
+    assert json.loads(res.stdout) == {"broken": {str(workdir / "broken.env"): "failure"}, "good": {str(workdir / "good.env"): "success"}}
+    assert (workdir / "good.env").read_text() == "A='1'\n" and not (workdir / "broken.env").exists()

@@ -260,3 +260,19 @@ def test_daemon_keeps_its_unwrapped_secret_id_across_a_network_failure(fresh_vau
     finally:
         os.kill(fresh_vault.pid, signal.SIGCONT)
     assert d._login(), "the daemon lost its secret_id after a network failure"
+
+
+def test_policies_apply_creates_the_daemons_own_approle(kv2, root, cli, vault_server, tmp_path):
+    approle = "approle-" + uuid.uuid4().hex[:8]
+    cfg = tmp_path / "vaultsync.toml"
+    cfg.write_text(f'[kv]\nmount = "{kv2}"\n[auth]\nmethod = "approle"\nmount = "{approle}"\nrole_name = "vaultsync-daemon"\n'
+                   'role_id_file = "creds/role_id"\nsecret_id_file = "creds/secret_id"\nsecret_id_wrapped = true\n')
+    assert cli("--config", str(cfg), "policies", "apply", str(ROOT / "policies")).code == 0
+    role = root.adapter.get(f"/v1/auth/{approle}/role/vaultsync-daemon")["data"]
+    assert role["token_policies"] == ["vaultsync-daemon"] and role["token_num_uses"] == 0
+    res = cli("--config", str(cfg), "approle", "credentials", "vaultsync-daemon", "--out", str(tmp_path / "creds"), "--wrap-ttl", "60s")
+    assert res.code == 0, res.output
+    state = auth.login(hvac.Client(url=vault_server.addr), config.VaultSettings(addr=vault_server.addr), config.load(cfg, env={}).auth)
+    assert "vaultsync-daemon" in state.policies
+    again = cli("--config", str(cfg), "policies", "apply", str(ROOT / "policies"))
+    assert again.code == 0 and "Nothing to change." in again.stdout

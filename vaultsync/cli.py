@@ -289,7 +289,8 @@ def daemon(state: State, metrics_addr: str | None) -> None:
     s = state.settings(**{"daemon.metrics_addr": metrics_addr})
     if not s.services:
         raise ConfigError("no [services.<name>] in the config: nothing to do")
-    sys.exit(Daemon(s, config_path=state.config_path).run_forever())
+    overrides = {k: v for k, v in {**state.overrides, "daemon.metrics_addr": metrics_addr}.items() if v is not None}
+    sys.exit(Daemon(s, config_path=state.config_path, overrides=overrides).run_forever())
 
 
 @main.command("render", context_settings=CONTEXT)

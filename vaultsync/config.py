@@ -185,7 +185,8 @@ def _from_dict(raw: Mapping[str, Any], src: str, base_dir: Path) -> Settings:
     auth = _section(AuthSettings, raw.get("auth", {}), src, "auth")
     # Files named in the config are relative to the config file, like destinations.
     auth = replace(auth, role_id_file=_rel(auth.role_id_file, base_dir), secret_id_file=_rel(auth.secret_id_file, base_dir))
-    vault = replace(vault, token_file=_rel(vault.token_file, base_dir), cacert=_rel(vault.cacert, base_dir))
+    vault = replace(vault, token_file=_rel(vault.token_file, base_dir), cacert=_rel(vault.cacert, base_dir),
+                    capath=_rel(vault.capath, base_dir))
     if auth.method not in ("token", "approle"):
         raise ConfigError(f"{src}: auth.method must be 'token' or 'approle'")
     daemon = _section(
@@ -221,6 +222,11 @@ def _service(name: str, body: Mapping[str, Any], src: str, prefix: str, base_dir
     rotate = tuple(
         _section(RotateSpec, r, src, f"{where}.rotate[{i}]", durations={"every"}) for i, r in enumerate(body.pop("rotate", []))
     )
+    if "name" in body:
+        raise ConfigError(f"{src}: unknown setting {where}.name (the table's name is the service's name)")
+    paths = [d.path for d in dests]
+    if len(set(paths)) != len(paths):
+        raise ConfigError(f"{src}: {where}.destinations: two destinations write the same file")
     body.setdefault("kv_path", "/".join(p for p in (prefix, name) if p))
     svc = _section(
         ServiceSettings,
@@ -264,7 +270,8 @@ def _destination(item: Mapping[str, Any], src: str, where: str, base_dir: Path) 
         raise ConfigError(f"{src}: {where}.style must be one of {', '.join(STYLES)}")
     if dest.style == "template" and not dest.template:
         raise ConfigError(f"{src}: {where}: style = \"template\" needs template = \"<file>\"")
-    return replace(dest, path=_rel(dest.path, base_dir), template=_rel(dest.template, base_dir), command=tuple(dest.command))
+    return replace(dest, path=_rel(dest.path, base_dir), template=_rel(dest.template, base_dir),
+                   pidfile=_rel(dest.pidfile, base_dir), command=tuple(dest.command))
 
 
 def _only(raw: Mapping[str, Any], allowed: set[str], src: str, where: str) -> None:

@@ -119,6 +119,7 @@ class Daemon:
         settings: Settings,
         *,
         config_path: str | None = None,
+        overrides: dict[str, Any] | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -126,6 +127,7 @@ class Daemon:
     ) -> None:
         self.settings = settings
         self.config_path = config_path
+        self.overrides = overrides or {}  # command-line flags, applied again on reload
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.rng = rng or random.SystemRandom()
@@ -140,6 +142,7 @@ class Daemon:
         self._started = threading.Event()  # every configured service was read and rendered once
         self._secret_id: str | None = None  # kept for logins after max TTL (its file may be gone)
         self._secret_id_stat: tuple[int, int] | None = None  # (inode, mtime) of the file it came from
+        self._login_gen = 0  # bumped by every login that yields a different token
         self.scheduler = BackgroundScheduler(
             executors={"default": APThreadPool(8)},
             job_defaults={"coalesce": True, "max_instances": 2, "misfire_grace_time": None},
@@ -270,6 +273,8 @@ class Daemon:
             return False
         self.metrics.logins.labels(method, "success").inc()
         now = self.clock()
+        if self.token.state is None or self.token.state.accessor != state.accessor:
+            self._login_gen += 1
         with self._lock:
             self.token = TokenInfo(state=state, expires_at=now + state.ttl if state.ttl else None, granted=state.ttl)
             self.token.decision = leases.plan_new_lease(state.ttl, renewable=state.renewable, now=now, rng=self.rng)
@@ -323,7 +328,10 @@ class Daemon:
 
     def _relogin(self, why: str) -> bool:
         log.info("logging in again", reason=why)
+        gen = self._login_gen
         if self._login():
+            if self._login_gen == gen:
+                return True  # the same token again (token method): its leases stay valid
             # Leases die with the token that created them: re-issue every dynamic secret under
             # the new token now (the old ones are revoked after the grace period or with the old token).
             for svc in list(self.services.values()):
@@ -416,6 +424,7 @@ class Daemon:
         if st is None:
             return False
         path = path or st.settings.dynamic[name]
+        gen = self._login_gen
         try:
             resp = self.client.adapter.get(f"/v1/{path.strip('/')}")
         except Exception as exc:  # noqa: BLE001
@@ -428,6 +437,12 @@ class Daemon:
                 delay = leases.backoff_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
             log.warning("dynamic secret read failed", service=service, secret=name, error=str(err), retry_in=round(delay, 2))
             self._at(f"lease:{service}:{name}", self.clock() + delay, self._reissue, service, name)
+            return False
+        if gen != self._login_gen or self.services.get(service) is not st:
+            # Issued under a token replaced meanwhile, or for a service a reload replaced: the
+            # job queued by that login/reload does the real re-issue. Drop this one.
+            if resp.get("lease_id"):
+                self._revoke(resp["lease_id"], service, name)
             return False
         now = self.clock()
         st.issue_attempts.pop(name, None)
@@ -460,7 +475,8 @@ class Daemon:
         st = self.services.get(service)
         old = st.leases.get(name) if st else None
         tok = self.token
-        if (old is not None and old.ttl and tok.decision is not None and tok.decision.action is leases.Action.REISSUE
+        if (self.settings.auth.method == "approle" and old is not None and old.ttl and tok.decision is not None
+                and tok.decision.action is leases.Action.REISSUE
                 and tok.expires_at is not None and tok.expires_at - self.clock() < old.ttl):
             # The token is at its max TTL and would die (taking the new lease with it) before this
             # lease's term: log in first; that re-issues every lease under the new token, this one too.
@@ -498,6 +514,8 @@ class Daemon:
             log.warning("lease renewal failed", service=service, secret=name, error=str(err), retry_in=round(delay, 2))
             self._at(f"lease:{service}:{name}", self.clock() + delay, self._renew_lease, service, name)
             return
+        if self.services.get(service) is not st or st.leases.get(name) is not lease:
+            return  # replaced while the request was in flight: the new lease has its own job
         now = self.clock()
         self.metrics.renewals.labels("lease", "success").inc()
         returned = float(resp.get("lease_duration") or 0)
@@ -632,7 +650,7 @@ class Daemon:
     def reload(self) -> None:
         """SIGHUP: read the config again and apply the difference without a restart."""
         try:
-            new = config.load(self.config_path)
+            new = config.load(self.config_path, overrides=self.overrides)
         except VaultsyncError as exc:
             log.error("reload failed, keeping the running config", error=str(exc))
             return
@@ -739,11 +757,16 @@ def render_once(settings: Settings) -> dict[str, dict[str, str]]:
         st = ServiceState(settings=svc, destinations={dd.path: DestinationState() for dd in svc.destinations})
         d.services[svc.name] = st
         assert d.kv is not None
-        secret = d.kv.read(svc.kv_path)
-        st.kv_data, st.kv_version, st.kv_loaded = secret.data, secret.version, True
-        for name in svc.dynamic:
-            if not d._issue(svc.name, name, initial=True):
-                raise VaultError(f"could not read dynamic secret {name!r} of {svc.name} (see the log)")
+        try:
+            secret = d.kv.read(svc.kv_path)
+            st.kv_data, st.kv_version, st.kv_loaded = secret.data, secret.version, True
+            for name in svc.dynamic:
+                if not d._issue(svc.name, name, initial=True):
+                    raise VaultError(f"could not read dynamic secret {name!r} (see the log)")
+        except VaultsyncError as exc:  # this service fails; the others are still rendered
+            log.error("render failed", service=svc.name, error=str(exc))
+            results[svc.name] = {dest.path: "failure" for dest in svc.destinations}
+            continue
         for dest in svc.destinations:
             with tracing.span("vaultsync.render.destination", service=svc.name, destination=dest.name) as sp:
                 d._render_one(svc.name, dest.path, "render command")

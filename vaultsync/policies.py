@@ -25,6 +25,7 @@ from vaultsync.errors import BadInput, ConfigError, VaultsyncError
 from vaultsync.vault import KV, describe
 
 PROTECTED = frozenset({"root", "default"})
+DAEMON_POLICY = "vaultsync-daemon"  # policies/vaultsync-daemon.hcl
 GENERATED_PREFIX = "vaultsync-svc-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 ADDED, CHANGED, UNCHANGED, ONLY_IN_VAULT, REMOVED = "added", "changed", "unchanged", "only_in_vault", "removed"
@@ -125,6 +126,16 @@ def role_params(svc: ServiceSettings) -> dict[str, Any]:
     return params
 
 
+def daemon_role_params() -> dict[str, Any]:
+    """The daemon's own AppRole (``auth.role_name``): the shipped vaultsync-daemon policy,
+    a reusable secret_id (it logs in again after each max TTL), tokens of 1 h up to 24 h."""
+    return {
+        "token_policies": [DAEMON_POLICY], "token_ttl": 3600, "token_max_ttl": 86400, "token_period": 0,
+        "token_num_uses": 0, "secret_id_ttl": 0, "secret_id_num_uses": 0,
+        "secret_id_bound_cidrs": [], "token_bound_cidrs": [],
+    }
+
+
 def desired_policies(settings: Settings, folder: str | Path | None, kv: KV | None) -> dict[str, Policy]:
     wanted: dict[str, Policy] = {}
     for p in load_dir(folder) if folder else []:
@@ -168,6 +179,9 @@ def plan(client: hvac.Client, settings: Settings, folder: str | Path | None, kv:
 
     mount = settings.auth.mount.strip("/")
     params = {name: role_params(svc) for name, svc in settings.services.items()}
+    daemon_role = settings.auth.role_name
+    if settings.auth.method == "approle" and daemon_role and daemon_role not in params:
+        params[daemon_role] = daemon_role_params()
     enable = bool(params) and not _auth_enabled(client, mount)
     roles = [_role_change(client, mount, name, want, enabled=not enable) for name, want in sorted(params.items())]
     return PolicyPlan(changes, roles, wanted, params, mount, enable)

@@ -10,6 +10,7 @@ Needs the ``otel`` extra: ``pip install 'vaultsync[otel]'``.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -17,8 +18,22 @@ from typing import Any
 _provider: Any = None
 
 
+_missing_warned = False
+
+
 def enabled() -> bool:
-    return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    """Configured by the environment, and the ``otel`` extra is installed (else a warning, once)."""
+    global _missing_warned
+    if not (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+        return False
+    if importlib.util.find_spec("opentelemetry.sdk") is None:
+        if not _missing_warned:
+            _missing_warned = True
+            from vaultsync.logging import get_logger
+
+            get_logger().warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but the otel extra is not installed: no traces")
+        return False
+    return True
 
 
 def _tracer() -> Any:
