@@ -13,6 +13,7 @@ Lock order: ``self._lock`` (daemon-wide state) may be taken while holding a serv
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import resource
@@ -57,7 +58,6 @@ class Lease:
     data: dict[str, Any] = field(repr=False)
     ttl: float
     renewable: bool
-    issued_at: float
     expires_at: float
     decision: leases.RenewalDecision
     granted: float = 0.0  # the TTL the last issue/renewal returned
@@ -99,8 +99,6 @@ class TokenInfo:
 def service_values(svc: ServiceState) -> dict[str, str]:
     """What a service's destinations render: its KV keys, then ``<NAME>_<FIELD>`` of each
     dynamic secret (e.g. ``DB_USERNAME``). Non-string KV values are JSON-encoded."""
-    import json
-
     values: dict[str, str] = {}
     for key, value in (svc.kv_data or {}).items():
         values[key] = value if isinstance(value, str) else json.dumps(value)
@@ -453,7 +451,7 @@ class Daemon:
         lease_id = resp.get("lease_id") or ""
         ttl = float(resp.get("lease_duration") or 0)
         decision = leases.plan_new_lease(ttl, renewable=bool(resp.get("renewable")), now=now, rng=self.rng)
-        lease = Lease(service, name, path, lease_id, data, ttl, bool(resp.get("renewable")), now, now + ttl, decision, granted=ttl)
+        lease = Lease(service, name, path, lease_id, data, ttl, bool(resp.get("renewable")), now + ttl, decision, granted=ttl)
         with st.lock:
             old = st.leases.get(name)
             st.leases[name] = lease

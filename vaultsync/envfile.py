@@ -46,9 +46,6 @@ class EnvFile:
         """Key -> value; for a key given twice the last one wins, as in python-dotenv."""
         return {e.key: e.value for e in self.entries}
 
-    def line_of(self, key: str) -> int:
-        return next(e.line for e in reversed(self.entries) if e.key == key)
-
 
 def parse(path: str | Path, *, strict: bool = False, interpolate: bool = False) -> EnvFile:
     """Read ``path``; raise :class:`ParseError` on anything python-dotenv would skip."""
