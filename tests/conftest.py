@@ -35,6 +35,21 @@ class Server:
     token: str
     origin: str
     pid: int | None = None  # set when this session started the server process
+    cacert: str | None = None  # the CA file a client must trust, when the server speaks TLS
+
+    def client(self, token: str | None = None) -> hvac.Client:
+        """A client of this server; with no token it has none (never ``~/.vault-token``)."""
+        return hvac.Client(url=self.addr, token=token or "", verify=self.cacert or True)
+
+    def env(self, home: Path | str, token: str | None = None) -> dict[str, str]:
+        """Environment for a vaultsync process talking to this server: no inherited VAULT_*/BAO_*."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+        env.update(VAULT_ADDR=self.addr, HOME=str(home), PYTHONPATH=str(ROOT))
+        if token:
+            env["VAULT_TOKEN"] = token
+        if self.cacert:
+            env["VAULT_CACERT"] = self.cacert
+        return env
 
 
 def _docker_answers() -> bool:
@@ -82,7 +97,7 @@ def vault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def root(vault_server: Server) -> hvac.Client:
     """A root-token client (for setting up and inspecting; the code under test builds its own)."""
-    return hvac.Client(url=vault_server.addr, token=vault_server.token)
+    return vault_server.client(vault_server.token)
 
 
 def _mount(root: hvac.Client, version: int) -> Iterator[str]:
@@ -114,9 +129,7 @@ def kv_any(request: pytest.FixtureRequest, root: hvac.Client) -> Iterator[tuple[
 @pytest.fixture
 def vault_env(vault_server: Server, tmp_path: Path) -> dict[str, str]:
     """Environment for running the CLI against the test server (no inherited VAULT_*)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    env.update(VAULT_ADDR=vault_server.addr, VAULT_TOKEN=vault_server.token, HOME=str(tmp_path))
-    return env
+    return vault_server.env(tmp_path, vault_server.token)
 
 
 @dataclass

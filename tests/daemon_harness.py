@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures_servers import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
@@ -124,7 +122,6 @@ class DaemonProc:
             self.proc.wait()
 
 
-def daemon_env(addr: str, token: str, home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    env.update(VAULT_ADDR=addr, VAULT_TOKEN=token, HOME=str(home), PYTHONPATH=str(ROOT))
-    return env
+def daemon_env(server: Any, token: str, home: Path) -> dict[str, str]:
+    """The daemon's environment: ``server`` is the conftest ``Server`` (address, CA), ``token`` its token."""
+    return server.env(home, token)

@@ -25,7 +25,7 @@ dynamic = {{ db = "{long}/creds/api" }}
 [[services.billing.destinations]]
 path = "billing.env"
 """)
-    d = DaemonProc(cfg, daemon_env(vault_server.addr, short_token(root), tmp_path), tmp_path).start()
+    d = DaemonProc(cfg, daemon_env(vault_server, short_token(root), tmp_path), tmp_path).start()
     try:
         prom = prometheus_server({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},

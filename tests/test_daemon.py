@@ -87,7 +87,7 @@ dynamic = {{ db = "{db}/creds/api" }}
 path = "out/api.env"
 command = {json.dumps(HOOK + [str(workdir / "hooks.log")])}
 """, grace="1s")
-    d = DaemonProc(cfg, daemon_env(vault_server.addr, short_token(root), workdir), workdir).start()
+    d = DaemonProc(cfg, daemon_env(vault_server, short_token(root), workdir), workdir).start()
     try:
         env_file = workdir / "out" / "api.env"
         first = dotenv_values(env_file)
@@ -121,7 +121,7 @@ command = {json.dumps(HOOK + [str(workdir / "hooks.log")])}
 def test_kv_change_reaches_the_file_within_one_poll_interval(kv2, root, vault_server, workdir):
     root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"COLOR": "blue"}, mount_point=kv2)
     cfg = config(workdir, kv2, '[services.web]\n[[services.web.destinations]]\npath = "web.env"\nstyle = "shell"\n', poll="2s")
-    d = DaemonProc(cfg, daemon_env(vault_server.addr, short_token(root), workdir), workdir).start()
+    d = DaemonProc(cfg, daemon_env(vault_server, short_token(root), workdir), workdir).start()
     try:
         assert (workdir / "web.env").read_text() == "export COLOR='blue'\n"
         assert d.metric("vaultsync_secret_version", service="web", secret="kv") == 1
@@ -148,7 +148,7 @@ path = "api.env"
 path = "api.sh"
 style = "shell"
 """)
-    d = DaemonProc(cfg, daemon_env(vault_server.addr, short_token(root), workdir), workdir).start(wait_ready=False)
+    d = DaemonProc(cfg, daemon_env(vault_server, short_token(root), workdir), workdir).start(wait_ready=False)
     try:
         wait_for(lambda: (workdir / "api.sh").exists() and (workdir / "api.env").exists(), 10, "the good destinations")
         assert dotenv_values(workdir / "api.env") == {"PEM": "line1\nline2", "A": "1"}
@@ -163,12 +163,12 @@ style = "shell"
 
 
 def test_server_outage_files_untouched_failures_counted_requests_bounded_then_recovery(kv2, fresh_vault, postgres_server, workdir):
-    root = hvac.Client(url=fresh_vault.addr, token=fresh_vault.token)
+    root = fresh_vault.client(fresh_vault.token)
     root.sys.enable_secrets_engine("kv", path=kv2, options={"version": "2"})
     db = database_engine(root, postgres_server, default_ttl="6s", max_ttl="60s")
     root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"APP": "x"}, mount_point=kv2)
     cfg = config(workdir, kv2, f'[services.api]\ndynamic = {{ db = "{db}/creds/api" }}\n[[services.api.destinations]]\npath = "api.env"\n', poll="1s")
-    d = DaemonProc(cfg, daemon_env(fresh_vault.addr, short_token(root), workdir), workdir).start()
+    d = DaemonProc(cfg, daemon_env(fresh_vault, short_token(root), workdir), workdir).start()
     env_file = workdir / "api.env"
     try:
         before = env_file.read_bytes(), env_file.stat().st_mtime_ns
@@ -201,7 +201,7 @@ def test_sigkill_during_renders_never_leaves_a_torn_file(kv2, root, vault_server
     payloads = [c * size for c in "ABCD"]
     root.secrets.kv.v2.create_or_update_secret(path="compose/big", secret={"BLOB": payloads[0]}, mount_point=kv2)
     cfg = config(workdir, kv2, '[services.big]\n[[services.big.destinations]]\npath = "big.env"\n', poll="0.05s")
-    env = daemon_env(vault_server.addr, short_token(root), workdir)
+    env = daemon_env(vault_server, short_token(root), workdir)
     stop = threading.Event()
 
     def writer() -> None:
@@ -237,8 +237,8 @@ def test_two_daemons_rotate_each_owned_secret_once_per_period(kv2, root, vault_s
     body = '[services.api]\n[[services.api.rotate]]\nkey = "SESSION_SECRET"\ngenerator = "hex"\nlength = 16\nevery = "4s"\n'
     cfg = config(workdir, kv2, body, extra='lock_ttl = "10s"')
     token = short_token(root)
-    a = DaemonProc(cfg, daemon_env(vault_server.addr, token, workdir), workdir, name="a").start()
-    b = DaemonProc(cfg, daemon_env(vault_server.addr, token, workdir), workdir, name="b").start()
+    a = DaemonProc(cfg, daemon_env(vault_server, token, workdir), workdir, name="a").start()
+    b = DaemonProc(cfg, daemon_env(vault_server, token, workdir), workdir, name="b").start()
     try:
         time.sleep(14)
     finally:
@@ -267,7 +267,7 @@ def test_sighup_reload_adds_and_removes_services_and_status_reports(kv2, root, v
         root.secrets.kv.v2.create_or_update_secret(path=f"compose/{n}", secret={"N": n}, mount_point=kv2)
     svc = '[services.{n}]\n[[services.{n}.destinations]]\npath = "{n}.env"\n'
     cfg = config(workdir, kv2, svc.format(n="one"))
-    d = DaemonProc(cfg, daemon_env(vault_server.addr, short_token(root), workdir), workdir).start()
+    d = DaemonProc(cfg, daemon_env(vault_server, short_token(root), workdir), workdir).start()
     try:
         assert not (workdir / "two.env").exists()
         cfg.write_text(cfg.read_text() + svc.format(n="two"))
@@ -292,19 +292,19 @@ def test_sigterm_with_revoke_on_exit_revokes_leases_and_token(kv2, root, vault_s
     cfg = config(workdir, kv2, f'[services.api]\ndynamic = {{ db = "{db}/creds/api" }}\n[[services.api.destinations]]\npath = "api.env"\n',
                  extra="revoke_on_exit = true")
     token = short_token(root)
-    d = DaemonProc(cfg, daemon_env(vault_server.addr, token, workdir), workdir).start()
+    d = DaemonProc(cfg, daemon_env(vault_server, token, workdir), workdir).start()
     creds = dotenv_values(workdir / "api.env")
     assert role_exists(postgres_server, creds["DB_USERNAME"])
     assert d.stop() == 0
     assert not role_exists(postgres_server, creds["DB_USERNAME"])
     with pytest.raises(hvac.exceptions.Forbidden):
-        hvac.Client(url=vault_server.addr, token=token).auth.token.lookup_self()
+        vault_server.client(token).auth.token.lookup_self()
 
 
 def test_metrics_contract_is_exported_from_the_start(kv2, root, vault_server, workdir):
     root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"A": "1"}, mount_point=kv2)
     cfg = config(workdir, kv2, '[services.api]\n[[services.api.destinations]]\npath = "api.env"\n')
-    d = DaemonProc(cfg, daemon_env(vault_server.addr, short_token(root), workdir), workdir).start()
+    d = DaemonProc(cfg, daemon_env(vault_server, short_token(root), workdir), workdir).start()
     try:
         names = {name for name, _ in d.metrics()}
         for expected in ("vaultsync_token_expiry_timestamp_seconds", "vaultsync_renewals_total", "vaultsync_logins_total",
@@ -342,7 +342,7 @@ def test_wait_window_coalesces_a_burst_into_one_render_and_one_signal(kv2, root,
     (workdir / "api.pid").write_text(f"{child.pid}\n")
     cfg = config(workdir, kv2, '[services.api]\n[[services.api.destinations]]\npath = "api.env"\npidfile = "api.pid"\n'
                  'signal = "HUP"\nwait = { min = "1.5s", max = "4s" }\n', poll="0.2s")
-    d = DaemonProc(cfg, daemon_env(vault_server.addr, short_token(root), workdir), workdir).start()
+    d = DaemonProc(cfg, daemon_env(vault_server, short_token(root), workdir), workdir).start()
     try:
         wait_for(lambda: counter.exists() and counter.read_text() == "1", 5, "the first render's signal")
         for n in range(1, 6):  # a burst of changes, each seen by a poll
@@ -362,7 +362,7 @@ def test_wait_window_coalesces_a_burst_into_one_render_and_one_signal(kv2, root,
 def test_each_poll_confirms_files_and_restores_one_that_was_changed(kv2, root, vault_server, workdir):
     root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"A": "1"}, mount_point=kv2)
     cfg = config(workdir, kv2, '[services.web]\n[[services.web.destinations]]\npath = "web.env"\n', poll="0.5s")
-    d = DaemonProc(cfg, daemon_env(vault_server.addr, short_token(root), workdir), workdir).start()
+    d = DaemonProc(cfg, daemon_env(vault_server, short_token(root), workdir), workdir).start()
     try:
         first = d.metric("vaultsync_last_render_success_timestamp_seconds", service="web", destination="web.env")
         wait_for(lambda: d.metric("vaultsync_render_total", service="web", destination="web.env", result="unchanged") >= 2, 5, "unchanged renders")
@@ -381,7 +381,7 @@ def test_a_dynamic_secret_that_cannot_be_read_is_retried_with_growing_backoff(kv
     (workdir / "api.env").write_text("A='previous'\n")
     cfg = config(workdir, kv2, '[services.api]\ndynamic = { db = "no-such-mount/creds/api" }\n'
                  '[[services.api.destinations]]\npath = "api.env"\n')
-    d = DaemonProc(cfg, daemon_env(vault_server.addr, short_token(root), workdir), workdir).start(wait_ready=False)
+    d = DaemonProc(cfg, daemon_env(vault_server, short_token(root), workdir), workdir).start(wait_ready=False)
     try:
         time.sleep(8)
         failures = d.count("dynamic secret read failed")
@@ -396,7 +396,7 @@ def test_status_command_reports_token_leases_and_destinations(kv2, root, vault_s
     db = database_engine(root, postgres_server, default_ttl="10m", max_ttl="1h")
     root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"A": "1"}, mount_point=kv2)
     cfg = config(workdir, kv2, f'[services.api]\ndynamic = {{ db = "{db}/creds/api" }}\n[[services.api.destinations]]\npath = "api.env"\n')
-    d = DaemonProc(cfg, daemon_env(vault_server.addr, short_token(root), workdir), workdir).start()
+    d = DaemonProc(cfg, daemon_env(vault_server, short_token(root), workdir), workdir).start()
     try:
         text = cli("status", "--metrics-addr", f"127.0.0.1:{d.port}")
         assert text.code == 0, text.output

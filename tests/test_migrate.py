@@ -81,9 +81,9 @@ def test_merge_keeps_keys_only_in_vault_unless_prune(kv2, root, cli, tmp_path):
     assert read(root, kv2, 2, "compose/api") == {"A": "new"}
 
 
-def test_concurrent_writer_is_detected_and_its_data_kept(kv_any, root, tmp_path):
+def test_concurrent_writer_is_detected_and_its_data_kept(kv_any, root, vault_server, tmp_path):
     mount, version = kv_any
-    kv = KV(hvac.Client(url=root.url, token=root.token), mount, version)
+    kv = KV(vault_server.client(vault_server.token), mount, version)
     path = write_env(tmp_path, "api", b"A=mine\n")
     targets = m.build_targets([SourceSpec(str(path))], prefix="compose")
     the_plan = m.plan(kv, targets)

@@ -26,8 +26,8 @@ def write_config(tmp_path: Path, mount: str, approle: str, services: dict[str, s
     return path
 
 
-def login(addr: str, approle: str, role_id: str, secret_id: str) -> hvac.Client:
-    client = hvac.Client(url=addr)
+def login(server, approle: str, role_id: str, secret_id: str) -> hvac.Client:
+    client = server.client()
     client.auth.approle.login(role_id=role_id, secret_id=secret_id, mount_point=approle, use_token=True)
     return client
 
@@ -52,7 +52,7 @@ def test_twenty_services_each_read_only_their_own_secret(kv2, root, cli, vault_s
         assert (out / "secret_id").stat().st_mode & 0o777 == 0o600
         secret_id = (out / "secret_id").read_text().strip()
         assert secret_id not in res.output
-        clients[n] = login(vault_server.addr, approle, (out / "role_id").read_text().strip(), secret_id)
+        clients[n] = login(vault_server, approle, (out / "role_id").read_text().strip(), secret_id)
 
     for n, client in clients.items():
         own = client.secrets.kv.v2.read_secret_version(path=f"compose/{n}", mount_point=kv2, raise_on_deleted_version=True)
@@ -78,13 +78,13 @@ def test_generated_policy_covers_declared_dynamic_secrets(kv2, root, cli, tmp_pa
     assert 'path "database/creds/api"' in text
 
 
-def test_kv1_generated_policy_reads_the_v1_path(kv1, root, cli, tmp_path):
+def test_kv1_generated_policy_reads_the_v1_path(kv1, root, cli, vault_server, tmp_path):
     approle = "approle-" + uuid.uuid4().hex[:8]
     cfg = write_config(tmp_path, kv1, approle, {"web": ""})
     root.secrets.kv.v1.create_or_update_secret(path="compose/web", secret={"A": "1"}, mount_point=kv1)
     assert cli("--config", str(cfg), "policies", "apply", str(tmp_path)).code == 0
     creds = auth.issue_credentials(root, mount=approle, role="web")
-    client = login(root.url, approle, creds.role_id, creds.secret_id)
+    client = login(vault_server, approle, creds.role_id, creds.secret_id)
     assert client.secrets.kv.v1.read_secret(path="compose/web", mount_point=kv1)["data"] == {"A": "1"}
 
 
@@ -126,7 +126,7 @@ def test_invalid_policy_names_the_file_and_applies_nothing(root, cli, tmp_path):
 
 def test_prune_removes_only_what_it_should(fresh_vault, tmp_path):
     env = {"VAULT_ADDR": fresh_vault.addr, "VAULT_TOKEN": fresh_vault.token, "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    root = hvac.Client(url=fresh_vault.addr, token=fresh_vault.token)
+    root = fresh_vault.client(fresh_vault.token)
     folder = tmp_path / "policies"
     folder.mkdir()
     for n in ("alpha", "beta"):
@@ -168,19 +168,19 @@ def test_wrapped_secret_id_unwraps_exactly_once(kv2, root, cli, vault_server, tm
     assert res.code == 0 and "wrapped secret_id" in res.stdout
     settings = AuthSettings(method="approle", mount=approle, role_name="api", role_id_file=str(out / "role_id"),
                             secret_id_file=str(out / "secret_id"), secret_id_wrapped=True)
-    client = hvac.Client(url=vault_server.addr)
+    client = vault_server.client()
     state = auth.login(client, config.VaultSettings(addr=vault_server.addr), settings)
     assert "vaultsync-svc-api" in state.policies
     assert client.secrets.kv.v2.read_secret_version(path="compose/api", mount_point=kv2, raise_on_deleted_version=True)["data"]["data"] == {"A": "1"}
     with pytest.raises(auth.SecurityError, match="already unwrapped"):
-        auth.login(hvac.Client(url=vault_server.addr), config.VaultSettings(addr=vault_server.addr), settings)
+        auth.login(vault_server.client(), config.VaultSettings(addr=vault_server.addr), settings)
 
 
 def test_wrapping_token_from_elsewhere_is_refused(root, vault_server):
     foreign = root.adapter.post("/v1/sys/wrapping/wrap", json={"secret_id": "not-from-approle"}, headers={"X-Vault-Wrap-TTL": "60"})
     token = foreign["wrap_info"]["token"]
     with pytest.raises(auth.SecurityError, match="sys/wrapping/wrap"):
-        auth.unwrap_secret_id(hvac.Client(url=vault_server.addr), token, mount="approle", role="api")
+        auth.unwrap_secret_id(vault_server.client(), token, mount="approle", role="api")
     # Refused before unwrapping: the token is still valid for its owner.
     assert root.adapter.post("/v1/sys/wrapping/unwrap", json={"token": token})["data"] == {"secret_id": "not-from-approle"}
 
@@ -205,7 +205,7 @@ def test_example_config_loads():
     assert s.auth.method == "approle" and s.auth.secret_id_wrapped
 
 
-def test_shipped_migrator_policy_is_exactly_enough_for_migrate(root, cli, tmp_path):
+def test_shipped_migrator_policy_is_exactly_enough_for_migrate(root, cli, vault_server, tmp_path):
     res = cli("policies", "apply", str(ROOT / "policies"))
     assert res.code == 0, res.output
     token = root.auth.token.create(policies=["vaultsync-migrator"], no_default_policy=True, ttl="5m")["auth"]["client_token"]
@@ -219,7 +219,7 @@ def test_shipped_migrator_policy_is_exactly_enough_for_migrate(root, cli, tmp_pa
     assert second.code == 0 and json.loads(second.stdout)["plan"]["writes"] == 0
     outside = cli("migrate", "--path", f"elsewhere/{service}", str(env_file), env={"VAULT_TOKEN": token})
     assert outside.code == 1 and "permission denied" in outside.stderr
-    client = hvac.Client(url=root.url, token=token)
+    client = vault_server.client(token)
     with pytest.raises(hvac.exceptions.Forbidden):
         client.sys.list_acl_policies()
 
@@ -240,7 +240,7 @@ def test_daemon_keeps_its_unwrapped_secret_id_across_a_network_failure(fresh_vau
 
     from vaultsync.daemon import Daemon
 
-    root = hvac.Client(url=fresh_vault.addr, token=fresh_vault.token)
+    root = fresh_vault.client(fresh_vault.token)
     cfg = write_config(tmp_path, "secret", "approle", {"api": ""})
     assert run_cli("--config", str(cfg), "policies", "apply", str(tmp_path),
                    env={"VAULT_ADDR": fresh_vault.addr, "VAULT_TOKEN": fresh_vault.token, "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}).code == 0
@@ -272,7 +272,7 @@ def test_policies_apply_creates_the_daemons_own_approle(kv2, root, cli, vault_se
     assert role["token_policies"] == ["vaultsync-daemon"] and role["token_num_uses"] == 0
     res = cli("--config", str(cfg), "approle", "credentials", "vaultsync-daemon", "--out", str(tmp_path / "creds"), "--wrap-ttl", "60s")
     assert res.code == 0, res.output
-    state = auth.login(hvac.Client(url=vault_server.addr), config.VaultSettings(addr=vault_server.addr), config.load(cfg, env={}).auth)
+    state = auth.login(vault_server.client(), config.VaultSettings(addr=vault_server.addr), config.load(cfg, env={}).auth)
     assert "vaultsync-daemon" in state.policies
     again = cli("--config", str(cfg), "policies", "apply", str(ROOT / "policies"))
     assert again.code == 0 and "Nothing to change." in again.stdout
