@@ -51,11 +51,11 @@ CONTRACT = {
 }
 
 
-def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def promtool(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     binary = "/usr/bin/promtool" if Path("/usr/bin/promtool").exists() else shutil.which("promtool")
     if not binary:
         pytest.fail("promtool not found: install Debian package prometheus (apt-get install -y prometheus)", pytrace=False)
-    return subprocess.run([binary, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    return subprocess.run([binary, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def _ok(proc: subprocess.CompletedProcess[str]) -> None:

@@ -276,7 +276,7 @@ class Daemon:
         with self._lock:
             self.token = TokenInfo(state=state, expires_at=now + state.ttl if state.ttl else None, granted=state.ttl)
             self.token.decision = leases.plan_new_lease(state.ttl, renewable=state.renewable, now=now, rng=self.rng)
-        self.metrics.token_expiry.set(self.token.expires_at or 0)
+        self.metrics.record_token(ttl=state.ttl, expires_at=self.token.expires_at, due=self.token.decision.at)
         log.info("logged in", method=method, ttl=state.ttl, renewable=state.renewable, policies=list(state.policies))
         self._schedule_token()
         return True
@@ -320,7 +320,7 @@ class Daemon:
         with self._lock:
             self.token = TokenInfo(state=state, expires_at=now + new.ttl if new.ttl else None, granted=new.ttl,
                                    decision=decision, last_renewal=now)
-        self.metrics.token_expiry.set(self.token.expires_at or 0)
+        self.metrics.record_token(ttl=new.ttl, expires_at=self.token.expires_at, due=decision.at)
         log.info("token renewed", ttl=new.ttl, next=decision.action.value, in_s=round(decision.delay or 0, 2), max_ttl_reached=decision.max_ttl_reached)
         self._schedule_token()
 
@@ -455,7 +455,7 @@ class Daemon:
         with st.lock:
             old = st.leases.get(name)
             st.leases[name] = lease
-        self.metrics.lease_expiry.labels(service, name).set(lease.expires_at if ttl else 0)
+        self.metrics.record_lease(service, name, ttl=ttl, expires_at=lease.expires_at, due=decision.at)
         log.info("dynamic secret issued", service=service, secret=name, ttl=ttl, renewable=lease.renewable)
         self._schedule_lease(lease)  # before rendering: nothing a render does can drop the lease
         if not initial:
@@ -523,7 +523,7 @@ class Daemon:
         decision = leases.reissue_early(decision, now=now, lead=self.settings.daemon.lease_revoke_grace + 1.0)
         lease.decision, lease.expires_at, lease.granted = decision, now + returned, returned
         lease.last_renewal, lease.attempt = now, 0
-        self.metrics.lease_expiry.labels(service, name).set(lease.expires_at)
+        self.metrics.record_lease(service, name, ttl=returned, expires_at=lease.expires_at, due=decision.at)
         log.info("lease renewed", service=service, secret=name, ttl=returned, next=decision.action.value,
                  in_s=round(decision.delay or 0, 2), max_ttl_reached=decision.max_ttl_reached)
         self._schedule_lease(lease)
