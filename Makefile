@@ -32,10 +32,11 @@ server:
 		cd tools/vault && go build -trimpath -ldflags '-s -w' -o "$(SERVER).tmp" . && mv "$(SERVER).tmp" "$(SERVER)"; \
 	fi
 
-# PostgreSQL (dynamic database credentials) and Prometheus/promtool (alert rules) from Debian.
+# PostgreSQL (dynamic database credentials), Prometheus/promtool (alert rules) and Alertmanager/amtool from Debian.
 system-deps:
 	@missing=""; \
 	[ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
+	[ -x /usr/bin/prometheus-alertmanager ] || missing="$$missing prometheus-alertmanager"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		echo "system-deps: installing$$missing"; \
