@@ -107,8 +107,9 @@ def test_cli_exits_3_on_conflict_and_says_what_was_written(kv2, root, vault_serv
         return result
 
     monkeypatch.setattr(m, "plan", plan_then_someone_writes)
-    monkeypatch.setenv("VAULT_ADDR", vault_server.addr)
-    monkeypatch.setenv("VAULT_TOKEN", vault_server.token)
+    for name, value in vault_server.env(tmp_path, vault_server.token).items():
+        if name.startswith("VAULT_"):
+            monkeypatch.setenv(name, value)
     res = CliRunner().invoke(cli_module.main, ["migrate", "--mount", kv2, str(api), str(web)])
     assert res.exit_code == 3, res.output
     assert "conflict: " + kv2 + "/compose/api" in res.output

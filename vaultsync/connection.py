@@ -182,8 +182,8 @@ def _server_of(exc: BaseException) -> str:
     return f"{parts.scheme}://{parts.netloc}" if parts.netloc else "the server"
 
 
-# OpenSSL X509_V_ERR_* codes (x509_vfy.h)
-_UNKNOWN_CA = {2, 18, 19, 20, 21}
+# OpenSSL X509_V_ERR_* codes (x509_vfy.h); 7 (signature failure): a CA of the same name did not sign it
+_UNKNOWN_CA = {2, 7, 18, 19, 20, 21}
 _NAME_MISMATCH = {62, 64}
 _EXPIRED = {9, 10}
 
@@ -191,6 +191,9 @@ _EXPIRED = {9, 10}
 def _explain_tls(exc: BaseException, server: str) -> str:
     causes = _causes(exc)
     for c in causes:
+        if type(c).__name__ == "CertificateError":  # urllib3's own check of VAULT_TLS_SERVER_NAME
+            return (f"TLS: the certificate of {server} is not valid for the name asked for ({c}); "
+                    "connect by a name the certificate carries, or set VAULT_TLS_SERVER_NAME to one")
         if isinstance(c, ssl.SSLCertVerificationError):
             code = c.verify_code
             if code in _UNKNOWN_CA:
@@ -244,11 +247,14 @@ def explain_transport(exc: BaseException) -> str | None:
 
 
 def token_refused(exc: BaseException) -> bool:
-    """A 403 that says the token itself is no good (not just a missing policy)."""
+    """A 403 that says the token itself is no good, not just a missing policy. Vault 1.14 answers
+    "permission denied" for an unknown token too; on lookup-self/renew-self (which the default
+    policy grants every token) that means the token is invalid, expired or revoked."""
     if not isinstance(exc, hvac.exceptions.Forbidden):
         return False
     text = f"{' '.join(exc.errors or [])} {exc.args[0] if exc.args else ''}".lower()
-    return "invalid token" in text or "token expired" in text or "bad token" in text
+    own = any(p in str(exc.url or "") for p in ("auth/token/lookup-self", "auth/token/renew-self"))
+    return own or "invalid token" in text or "token expired" in text
 
 
 # --- preflight ---------------------------------------------------------------------------------------
@@ -262,15 +268,10 @@ def preflight(client: hvac.Client) -> dict[str, Any]:
     try:
         data = client.adapter.get("/v1/auth/token/lookup-self")
     except hvac.exceptions.Forbidden as exc:
-        if token_refused(exc) or not client.token:
-            raise TokenInvalid(
-                f"the token was refused by {_server_of(exc)}: it is invalid, expired or revoked "
-                "(set VAULT_TOKEN, vault.token_file, or `vault login` again)"
-            ) from None
-        # Valid but without the default policy: it cannot look itself up. Not fatal; the
-        # real request names what it lacks.
-        log.debug("token may not look itself up", path="auth/token/lookup-self", capability="read")
-        return {}
+        raise TokenInvalid(
+            f"invalid token: the token was refused by {_server_of(exc)}: it is invalid, expired or revoked, or lacks "
+            "the default policy that lets a token look itself up (set VAULT_TOKEN, vault.token_file, or `vault login` again)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - one clean message per cause
         raise describe(exc, "look up the token (auth/token/lookup-self)") from None
     info = (data or {}).get("data") or {} if isinstance(data, dict) else {}
