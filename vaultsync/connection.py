@@ -260,6 +260,19 @@ def token_refused(exc: BaseException) -> bool:
 # --- preflight ---------------------------------------------------------------------------------------
 
 
+def _token_known(client: hvac.Client) -> bool:
+    """Does the server know this token at all? ``sys/internal/ui/mounts`` answers any valid token
+    (listing what it may see) and refuses an unknown one: Vault 1.14 says "permission denied" to both
+    an unknown token and a valid one without lookup-self, so the message cannot tell them apart."""
+    try:
+        client.adapter.get("/v1/sys/internal/ui/mounts")
+        return True
+    except hvac.exceptions.Forbidden:
+        return False
+    except Exception:  # noqa: BLE001 - any other answer: not a token problem
+        return True
+
+
 def preflight(client: hvac.Client) -> dict[str, Any]:
     """``auth/token/lookup-self`` before the first real request, so the first failure says what
     is wrong: unreachable, TLS, bad token, or a token without permission."""
@@ -268,10 +281,15 @@ def preflight(client: hvac.Client) -> dict[str, Any]:
     try:
         data = client.adapter.get("/v1/auth/token/lookup-self")
     except hvac.exceptions.Forbidden as exc:
-        raise TokenInvalid(
-            f"invalid token: the token was refused by {_server_of(exc)}: it is invalid, expired or revoked, or lacks "
-            "the default policy that lets a token look itself up (set VAULT_TOKEN, vault.token_file, or `vault login` again)"
-        ) from None
+        if not _token_known(client):
+            raise TokenInvalid(
+                f"invalid token: the token was refused by {_server_of(exc)}: it is invalid, expired or revoked "
+                "(set VAULT_TOKEN, vault.token_file, or `vault login` again)"
+            ) from None
+        # Valid, but created without the default policy: it may not look itself up. Not fatal:
+        # the first real request names what it lacks.
+        log.debug("token may not look itself up", path="auth/token/lookup-self", capability="read")
+        return {}
     except Exception as exc:  # noqa: BLE001 - one clean message per cause
         raise describe(exc, "look up the token (auth/token/lookup-self)") from None
     info = (data or {}).get("data") or {} if isinstance(data, dict) else {}
