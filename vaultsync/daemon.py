@@ -682,6 +682,8 @@ class Daemon:
     def ready(self) -> bool:
         if self.token.state is None or not self._started.is_set():
             return False
+        if self.metrics.registry.get_sample_value("vaultsync_vault_up") == 0:
+            return False  # the last request did not reach the server (down, sealed, no leader)
         return all(ds.last_success is not None for st in list(self.services.values()) for ds in st.destinations.values())
 
     def status(self) -> dict[str, Any]:
