@@ -303,3 +303,30 @@ def test_token_sources_in_the_vault_cli_order_each_logged_and_redacted(vault_ser
     assert [e["source"] for e in debug_events(res) if e["event"] == "token source"] == ["environment (VAULT_TOKEN/BAO_TOKEN)"]
     assert root_token not in res.output
 
+
+
+# --- the daemon with a static token ---------------------------------------------------------------------
+
+
+def test_daemon_static_token_at_max_ttl_says_once_that_it_cannot_log_in_again(kv2, root, vault_server, tmp_path):
+    from tests.daemon_harness import DaemonProc, daemon_env, wait_for
+    from tests.least_privilege import daemon_token
+    from tests.test_daemon import config
+
+    root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"A": "1"}, mount_point=kv2)
+    token = daemon_token(root, kv_mount=kv2, ttl="3s", explicit_max_ttl="8s")
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = config(work, kv2, '[services.web]\n[[services.web.destinations]]\npath = "web.env"\n', poll="1s")
+    d = DaemonProc(cfg, daemon_env(vault_server, token, work), work).start()
+    try:
+        wait_for(lambda: d.count("static token cannot log in again") >= 1, 30, "the daemon to say it cannot log in again")
+        told = [e for e in d.events() if e.get("event") == "static token cannot log in again"][0]
+        assert told["level"] == "error" and "periodic token" in told["fix"] and "approle" in told["fix"]
+        # After the token is gone the daemon keeps trying (backed off) but says it only once.
+        wait_for(lambda: d.count("login failed") >= 2, 60, "logins failing after expiry")
+        assert d.count("static token cannot log in again") == 1
+        assert (work / "web.env").read_text() == "A='1'\n"  # the last good file stays
+    finally:
+        d.stop()
+    assert token not in d.log.read_text()
