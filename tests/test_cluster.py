@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import hvac
 import pytest
 from dotenv import dotenv_values
 
