@@ -232,6 +232,16 @@ def test_server_down_names_the_address_and_the_os_error(vault_server, base_env, 
     assert f"cannot reach the server at {addr}: Connection refused" in res.stderr
 
 
+def test_sealed_server_says_sealed_and_names_it(fresh_vault, tmp_path, env_file):
+    fresh_vault.node.seal()
+    try:
+        res = dry_run(fresh_vault.env(tmp_path, fresh_vault.token), "secret", env_file)
+    finally:
+        fresh_vault.node.unseal()
+    assert res.code == 1, res.output
+    assert f"server sealed or in standby: {fresh_vault.addr} has no active node" in res.stderr
+
+
 # --- tokens ---------------------------------------------------------------------------------------------
 
 

@@ -174,7 +174,7 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-def _server_of(exc: BaseException) -> str:
+def server_of(exc: BaseException) -> str:
     url = getattr(getattr(exc, "request", None), "url", None) or getattr(exc, "url", None)
     if not url:
         return "the server"
@@ -228,7 +228,7 @@ def _os_error(exc: BaseException) -> str:
 
 def explain_transport(exc: BaseException) -> str | None:
     """One line for a failure below HTTP (or a plain-HTTP request to a TLS port), naming the server; None otherwise."""
-    server = _server_of(exc)
+    server = server_of(exc)
     if isinstance(exc, requests.exceptions.SSLError):
         return _explain_tls(exc, server)
     if isinstance(exc, requests.exceptions.ConnectTimeout):
@@ -283,7 +283,7 @@ def preflight(client: hvac.Client) -> dict[str, Any]:
     except hvac.exceptions.Forbidden as exc:
         if not _token_known(client):
             raise TokenInvalid(
-                f"invalid token: the token was refused by {_server_of(exc)}: it is invalid, expired or revoked "
+                f"invalid token: the token was refused by {server_of(exc)}: it is invalid, expired or revoked "
                 "(set VAULT_TOKEN, vault.token_file, or `vault login` again)"
             ) from None
         # Valid, but created without the default policy: it may not look itself up. Not fatal:

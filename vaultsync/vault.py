@@ -67,7 +67,7 @@ def describe(exc: Exception, action: str, *, needs: str | None = None) -> VaultE
     if transport:
         return VaultError(f"{transport} ({action})")
     if isinstance(exc, hvac.exceptions.VaultDown):
-        return VaultError(f"server sealed or in standby: {action}")
+        return VaultError(f"server sealed or in standby: {connection.server_of(exc)} has no active node to answer (unseal it, or wait for an election): {action}")
     if isinstance(exc, hvac.exceptions.RateLimitExceeded):
         return VaultError(f"rate limited by the server: {action}")
     if isinstance(exc, hvac.exceptions.VaultError):
