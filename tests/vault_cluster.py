@@ -376,7 +376,7 @@ class Cluster:
 
 def start_cluster(binary: str, folder: Path, ca: CA, size: int = 3) -> Cluster:
     """``size`` raft nodes on loopback with one CA: node1 is initialised, the others join it
-    (``retry_join``) and are unseal with the same key. Returns once every node is a voter."""
+    (``retry_join``) and are unsealed with the same key. Returns once every node is a voter."""
     first = Node(binary, folder / "node1", ca, "node1")
     others = [Node(binary, folder / f"node{i}", ca, f"node{i}", join=[first.addr]) for i in range(2, size + 1)]
     # Every node can join whichever is leader later (a restarted node1 must find the new one).
