@@ -20,13 +20,15 @@ from dotenv import dotenv_values
 
 from tests.daemon_harness import DaemonProc, daemon_env, wait_for
 from tests.fixtures_servers import PostgresServer
+from tests.least_privilege import daemon_token
 
 HOOK = [sys.executable, "-c", "import sys, time; open(sys.argv[1], 'a').write(f'{time.time()}\\n')"]
 
 
 def short_token(root: hvac.Client, ttl: str = "1h") -> str:
-    """A renewable child token (the daemon's identity in these tests)."""
-    return root.auth.token.create(policies=["root"], ttl=ttl, renewable=True)["auth"]["client_token"]
+    """The daemon's identity in these tests: a renewable token with the shipped daemon policy (plus
+    default), its KV and database mounts widened to ``+`` so it fits every test's fresh mounts."""
+    return daemon_token(root, kv_mount="+", db_mount="+", ttl=ttl)
 
 
 def database_engine(root: hvac.Client, pg: PostgresServer, *, default_ttl: str = "5s", max_ttl: str = "20s") -> str:
@@ -321,10 +323,11 @@ def test_metrics_contract_is_exported_from_the_start(kv2, root, vault_server, wo
 def test_render_command_one_shot(kv2, root, vault_server, cli, workdir):
     root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"A": "1"}, mount_point=kv2)
     cfg = config(workdir, kv2, '[services.api]\n[[services.api.destinations]]\npath = "api.env"\n[[services.api.destinations]]\npath = "api.sh"\nstyle = "shell"\n')
-    res = cli("--config", str(cfg), "render", "--output", "json")
+    as_daemon = {"VAULT_TOKEN": short_token(root)}  # render runs with the daemon's policy, not root
+    res = cli("--config", str(cfg), "render", "--output", "json", env=as_daemon)
     assert res.code == 0, res.output
     assert set(json.loads(res.stdout)["api"].values()) == {"success"}
-    again = cli("--config", str(cfg), "render", "--output", "json")
+    again = cli("--config", str(cfg), "render", "--output", "json", env=as_daemon)
     assert set(json.loads(again.stdout)["api"].values()) == {"unchanged"}
     assert (workdir / "api.sh").read_text() == "export A='1'\n"
 
@@ -417,7 +420,7 @@ def test_render_command_renders_the_other_services_when_one_fails(kv2, root, vau
     cfg = config(workdir, kv2, '[services.broken]\ndynamic = { db = "no-such-mount/creds/x" }\n'
                  '[[services.broken.destinations]]\npath = "broken.env"\n'
                  '[services.good]\n[[services.good.destinations]]\npath = "good.env"\n')
-    res = cli("--config", str(cfg), "render", "--output", "json")
+    res = cli("--config", str(cfg), "render", "--output", "json", env={"VAULT_TOKEN": short_token(root)})
     assert res.code == 1, res.output
     assert json.loads(res.stdout) == {"broken": {str(workdir / "broken.env"): "failure"}, "good": {str(workdir / "good.env"): "success"}}
     assert (workdir / "good.env").read_text() == "A='1'\n" and not (workdir / "broken.env").exists()

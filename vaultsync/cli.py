@@ -46,18 +46,26 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Settings file [default: ./vaultsync.toml if present].")
 @click.option("--addr", help="Server address (else VAULT_ADDR / BAO_ADDR).")
 @click.option("--namespace", help="Namespace (else VAULT_NAMESPACE / BAO_NAMESPACE).")
-@click.option("--cacert", type=click.Path(dir_okay=False), help="CA bundle to verify the server (else VAULT_CACERT).")
+@click.option("--cacert", help="CA file to verify the server with (else VAULT_CACERT / BAO_CACERT).")
+@click.option("--capath", help="Folder of CA files (else VAULT_CAPATH / BAO_CAPATH); --cacert wins.")
+@click.option("--client-cert", help="Client certificate for mTLS (else VAULT_CLIENT_CERT), with --client-key.")
+@click.option("--client-key", help="Key of the client certificate (else VAULT_CLIENT_KEY).")
+@click.option("--tls-server-name", help="Name to send (SNI) and check in the server's certificate (else VAULT_TLS_SERVER_NAME).")
 @click.option("--tls-skip-verify", is_flag=True, default=None, help="Turn TLS verification off (not for production).")
 @click.option("--log-format", type=click.Choice(["json", "console"]), default="json", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, addr: str | None, namespace: str | None, cacert: str | None,
+         capath: str | None, client_cert: str | None, client_key: str | None, tls_server_name: str | None,
          tls_skip_verify: bool | None, log_format: str, log_level: str) -> None:
     """Move docker-compose .env secrets into Vault/OpenBao and keep them alive."""
     vlog.configure(log_format, log_level)
     ctx.call_on_close(tracing.shutdown)
     ctx.obj = State(config_path, {
         "vault.addr": addr, "vault.namespace": namespace, "vault.cacert": cacert,
+        # --capath alone replaces a CA file from the config or environment (a CA file wins over a folder).
+        "vault.capath": capath, **({"vault.cacert": ""} if capath and not cacert else {}),
+        "vault.client_cert": client_cert, "vault.client_key": client_key, "vault.tls_server_name": tls_server_name,
         "vault.tls_verify": False if tls_skip_verify else None,
     })
 
@@ -89,6 +97,7 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
     Exit codes: 0 done, 1 failure, 2 bad input, 3 conflict (someone else wrote first).
     """
     from vaultsync import migrate as m
+    from vaultsync.connection import preflight
     from vaultsync.vault import KV, detect_kv_version, make_client
 
     s = state.settings(**{"kv.mount": mount, "kv.prefix": prefix, "kv.version": kv_version, "migrate.concurrency": concurrency})
@@ -107,7 +116,8 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
     )
     client = make_client(s.vault, pool_size=s.migrate.concurrency)
     if not client.token:
-        raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), or vault.token_file")
+        raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), vault.token_file, or `vault login` (~/.vault-token)")
+    preflight(client)
     version = s.kv.version or detect_kv_version(client, s.kv.mount)
     kv = KV(client, s.kv.mount, version)
     with tracing.span("vaultsync.migrate.plan", mount=kv.mount, kv_version=version, secrets=len(targets)) as sp:
@@ -188,11 +198,13 @@ def _kv_for_policies(client: Any, s: config.Settings) -> Any:
 
 
 def _admin_client(s: config.Settings) -> Any:
+    from vaultsync.connection import preflight
     from vaultsync.vault import make_client
 
     client = make_client(s.vault)
     if not client.token:
-        raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), or vault.token_file")
+        raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), vault.token_file, or `vault login` (~/.vault-token)")
+    preflight(client)
     return client
 
 

@@ -140,6 +140,7 @@ class Daemon:
         self._started = threading.Event()  # every configured service was read and rendered once
         self._secret_id: str | None = None  # kept for logins after max TTL (its file may be gone)
         self._secret_id_stat: tuple[int, int] | None = None  # (inode, mtime) of the file it came from
+        self._static_token_told = False  # said once that a static token cannot log in again
         self._login_gen = 0  # bumped by every login that yields a different token
         self.scheduler = BackgroundScheduler(
             executors={"default": APThreadPool(8)},
@@ -326,6 +327,12 @@ class Daemon:
 
     def _relogin(self, why: str) -> bool:
         log.info("logging in again", reason=why)
+        if self.settings.auth.method == "token" and not self._static_token_told:
+            # A static token cannot be replaced by logging in: say so once, not on every attempt.
+            self._static_token_told = True
+            log.error("static token cannot log in again", reason=why,
+                      fix="give vaultsync a periodic token (vault token create -period=24h ...) "
+                          "or use auth.method = 'approle'; it stops working when this token expires")
         gen = self._login_gen
         if self._login():
             if self._login_gen == gen:
@@ -675,6 +682,8 @@ class Daemon:
     def ready(self) -> bool:
         if self.token.state is None or not self._started.is_set():
             return False
+        if self.metrics.registry.get_sample_value("vaultsync_vault_up") == 0:
+            return False  # the last request did not reach the server (down, sealed, no leader)
         return all(ds.last_success is not None for st in list(self.services.values()) for ds in st.destinations.values())
 
     def status(self) -> dict[str, Any]:

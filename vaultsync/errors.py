@@ -44,3 +44,7 @@ class Conflict(VaultsyncError):
 
 class VaultError(VaultsyncError):
     """The server refused or failed a request (permission denied, sealed, down)."""
+
+
+class TokenInvalid(VaultError):
+    """The server refused the token itself: invalid, expired or revoked (not a missing policy)."""
