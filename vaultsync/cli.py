@@ -75,7 +75,9 @@ def main(ctx: click.Context, config_path: str | None, addr: str | None, namespac
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
 @click.option("--prune", is_flag=True, help="Remove keys that are only in Vault.")
 @click.option("--strict", is_flag=True, help="A duplicate key is an error, not a warning.")
-@click.option("--interpolate", is_flag=True, help="Expand ${VAR} as python-dotenv does (off: stored literally).")
+@click.option("--interpolate", is_flag=True, help="Expand ${VAR} from keys defined earlier in the same file (off: stored literally).")
+@click.option("--interpolate-env", "interpolate_env", multiple=True, metavar="NAME",
+              help="With --interpolate, let ${NAME} read this environment variable too (repeatable).")
 @click.option("--concurrency", type=click.IntRange(1, 64), help="Parallel requests [default: 8].")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged keys too.")
@@ -83,7 +85,7 @@ def main(ctx: click.Context, config_path: str | None, addr: str | None, namespac
 @handle_errors
 def migrate(state: State, env_files: tuple[str, ...], service: str | None, secret_path: str | None, mount: str | None,
             prefix: str | None, kv_version: int | None, dry_run: bool, prune: bool, strict: bool, interpolate: bool,
-            concurrency: int | None, output: str, verbose: bool) -> None:
+            interpolate_env: tuple[str, ...], concurrency: int | None, output: str, verbose: bool) -> None:
     """Import ENV_FILES into KV: print a masked plan, then write with check-and-set.
 
     Exit codes: 0 done, 1 failure, 2 bad input, 3 conflict (someone else wrote first).
@@ -102,9 +104,15 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
             raise BadInput("no .env files given, and no [[migrate.sources]] in the config")
     log = vlog.get_logger()
     targets = m.build_targets(
-        sources, prefix=s.kv.prefix, strict=strict, interpolate=interpolate, max_secret_bytes=s.migrate.max_secret_bytes,
+        sources, prefix=s.kv.prefix, strict=strict, interpolate=interpolate, interpolate_env=interpolate_env,
+        max_secret_bytes=s.migrate.max_secret_bytes,
         warn=lambda msg: (log.warning("duplicate key", detail=msg), click.echo(f"warning: {msg}", err=True)),
     )
+    if interpolate_env and not interpolate:
+        raise BadInput("--interpolate-env needs --interpolate")
+    for msg in m.style_warnings(targets):
+        log.warning("style cannot carry keys", detail=msg)
+        click.echo(f"warning: {msg}", err=True)
     client = make_client(s.vault, pool_size=s.migrate.concurrency)
     if not client.token:
         raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), or vault.token_file")
@@ -303,8 +311,9 @@ def render_cmd(state: State, output: str) -> None:
     Exit 1 if any destination failed (the others are still rendered)."""
     from vaultsync.daemon import render_once
 
+    errors: dict[str, str] = {}
     with tracing.span("vaultsync.render") as sp:
-        results = render_once(state.settings())
+        results = render_once(state.settings(), errors)
         tracing.set_attributes(sp, services=len(results), failures=sum(r == "failure" for d in results.values() for r in d.values()))
     if output == "json":
         click.echo(json.dumps(results, indent=2))
@@ -312,7 +321,9 @@ def render_cmd(state: State, output: str) -> None:
         for service, dests in results.items():
             for path, result in dests.items():
                 click.echo(f"{service}: {path}: {result}")
-    if any(r == "failure" for dests in results.values() for r in dests.values()):
+    for message in errors.values():
+        click.echo(f"error: {vlog.scrub(message)}", err=True)
+    if errors or any(r == "failure" for dests in results.values() for r in dests.values()):
         sys.exit(1)
 
 

@@ -37,7 +37,7 @@ from vaultsync.config import Destination, ServiceSettings, Settings
 from vaultsync.errors import VaultError, VaultsyncError
 from vaultsync.logging import forget_secret, get_logger, register_secret
 from vaultsync.metrics import HealthServer, Metrics
-from vaultsync.vault import KV, describe, detect_kv_version, make_client
+from vaultsync.vault import KV, describe, detect_kv_version, make_client, read_source
 
 log = get_logger("vaultsync.daemon")
 
@@ -734,16 +734,18 @@ def write_destination(dest: Destination, values: dict[str, str], *, service: str
             assert dest.template is not None
             with open(dest.template, encoding="utf-8") as f:
                 template = f.read()
-        text = formats.render(dest.style, values, template=template, destination=dest.path)
+        text = formats.render(dest.style, values, template=template, destination=dest.path, template_name=dest.template,
+                              warn=lambda msg: log.warning("key left out", service=service, detail=msg))
         written = render.atomic_write(dest.path, text.encode("utf-8"), mode=dest.mode, backup=dest.backup)
     except (VaultsyncError, OSError, ValueError) as exc:
         return RenderOutcome("failure", str(exc) if not isinstance(exc, OSError) else f"{dest.path}: {exc.strerror}")
     return RenderOutcome("success" if written else "unchanged")
 
 
-def render_once(settings: Settings) -> dict[str, dict[str, str]]:
+def render_once(settings: Settings, errors: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
     """`vaultsync render`: log in, read each service's secrets once, render every destination,
-    run hooks for files that changed. Returns {service: {destination: result}}.
+    run hooks for files that changed. Returns {service: {destination: result}}; ``errors``, if
+    given, gets {service: message} for services that failed before rendering (e.g. SourceMissing).
     Dynamic secrets are issued fresh each run (their leases are left to expire)."""
     d = Daemon(settings, serve_http=False)
     if not d._login():
@@ -756,13 +758,15 @@ def render_once(settings: Settings) -> dict[str, dict[str, str]]:
         d.services[svc.name] = st
         assert d.kv is not None
         try:
-            secret = d.kv.read(svc.kv_path)
+            secret = read_source(d.kv, svc.kv_path, service=svc.name, optional=svc.optional)
             st.kv_data, st.kv_version, st.kv_loaded = secret.data, secret.version, True
             for name in svc.dynamic:
                 if not d._issue(svc.name, name, initial=True):
                     raise VaultError(f"could not read dynamic secret {name!r} (see the log)")
         except VaultsyncError as exc:  # this service fails; the others are still rendered
             log.error("render failed", service=svc.name, error=str(exc))
+            if errors is not None:
+                errors[svc.name] = str(exc)
             results[svc.name] = {dest.path: "failure" for dest in svc.destinations}
             continue
         for dest in svc.destinations:
