@@ -20,7 +20,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from types import TracebackType
 
-from jinja2 import DictLoader, StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2 import FunctionLoader, StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
 from vaultsync import quoting
@@ -62,7 +62,8 @@ FILTERS: dict[str, Callable[[object], str]] = {
 
 def _environment(name: str, source: str) -> SandboxedEnvironment:
     env = SandboxedEnvironment(
-        loader=DictLoader({name: source}),
+        # filename = name, so Jinja's rewritten traceback frames carry the template's name and line
+        loader=FunctionLoader(lambda _n: (source, name, lambda: True)),
         undefined=StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
