@@ -20,6 +20,7 @@ from dotenv import dotenv_values
 
 from tests.daemon_harness import DaemonProc, daemon_env, wait_for
 from tests.fixtures_servers import PostgresServer
+from vaultsync.formats import HEADER
 
 HOOK = [sys.executable, "-c", "import sys, time; open(sys.argv[1], 'a').write(f'{time.time()}\\n')"]
 
@@ -420,4 +421,4 @@ def test_render_command_renders_the_other_services_when_one_fails(kv2, root, vau
     res = cli("--config", str(cfg), "render", "--output", "json")
     assert res.code == 1, res.output
     assert json.loads(res.stdout) == {"broken": {str(workdir / "broken.env"): "failure"}, "good": {str(workdir / "good.env"): "success"}}
-    assert (workdir / "good.env").read_text() == "A='1'\n" and not (workdir / "broken.env").exists()
+    assert (workdir / "good.env").read_text() == HEADER + "A='1'\n" and not (workdir / "broken.env").exists()
