@@ -104,6 +104,23 @@ def test_migrate_warns_at_plan_time_about_what_styles_cannot_carry(kv2, cli):
     assert "BEGIN PRIVATE KEY" not in res.stderr
 
 
+def test_migrate_interpolates_from_the_file_only(kv2, root, cli, tmp_path):
+    env_file = tmp_path / "app" / ".env"
+    env_file.parent.mkdir()
+    env_file.write_text("BASE=https://example.com\nAPI=${BASE}/api\nLEAK=${VAULT_TOKEN}\n")
+    res = cli("migrate", "--mount", kv2, "--interpolate", str(env_file))
+    assert res.code == 2 and f"{env_file}:3: LEAK refers to ${{VAULT_TOKEN}}" in res.stderr
+    token = root.token
+    assert token not in res.output
+    env_file.write_text("BASE=https://example.com\nAPI=${BASE}/api\nHOST=${MY_HOST}\n")
+    res = cli("migrate", "--mount", kv2, "--interpolate", "--interpolate-env", "MY_HOST", str(env_file),
+              env={"MY_HOST": "db.local"})
+    assert res.code == 0, res.output
+    held = root.secrets.kv.v2.read_secret_version(path="compose/app", mount_point=kv2, raise_on_deleted_version=True)
+    assert held["data"]["data"] == {"BASE": "https://example.com", "API": "https://example.com/api", "HOST": "db.local"}
+    assert cli("migrate", "--mount", kv2, "--interpolate-env", "X", str(env_file)).code == 2
+
+
 # --- Hypothesis: random keys and values, every style, its real consumer -------------------------
 
 _ENV_KEYS = st.text(string.ascii_letters + string.digits + "_.-", min_size=1, max_size=12)

@@ -102,14 +102,14 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
         sources = list(s.migrate.sources)
         if not sources:
             raise BadInput("no .env files given, and no [[migrate.sources]] in the config")
+    if interpolate_env and not interpolate:
+        raise BadInput("--interpolate-env needs --interpolate")
     log = vlog.get_logger()
     targets = m.build_targets(
         sources, prefix=s.kv.prefix, strict=strict, interpolate=interpolate, interpolate_env=interpolate_env,
         max_secret_bytes=s.migrate.max_secret_bytes,
         warn=lambda msg: (log.warning("duplicate key", detail=msg), click.echo(f"warning: {msg}", err=True)),
     )
-    if interpolate_env and not interpolate:
-        raise BadInput("--interpolate-env needs --interpolate")
     for msg in m.style_warnings(targets):
         log.warning("style cannot carry keys", detail=msg)
         click.echo(f"warning: {msg}", err=True)

@@ -734,9 +734,12 @@ def write_destination(dest: Destination, values: dict[str, str], *, service: str
             assert dest.template is not None
             with open(dest.template, encoding="utf-8") as f:
                 template = f.read()
+        left_out: list[str] = []
         text = formats.render(dest.style, values, template=template, destination=dest.path, template_name=dest.template,
-                              warn=lambda msg: log.warning("key left out", service=service, detail=msg))
+                              warn=left_out.append)
         written = render.atomic_write(dest.path, text.encode("utf-8"), mode=dest.mode, backup=dest.backup)
+        for msg in left_out if written else ():  # once per change, not on every poll
+            log.warning("key left out", service=service, detail=msg)
     except (VaultsyncError, OSError, ValueError) as exc:
         return RenderOutcome("failure", str(exc) if not isinstance(exc, OSError) else f"{dest.path}: {exc.strerror}")
     return RenderOutcome("success" if written else "unchanged")
