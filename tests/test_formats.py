@@ -353,3 +353,23 @@ def test_refusals_name_keys_and_reasons_never_values():
     assert set(found["shell"]) == {"UID", "NODE-ENV"}
     assert set(found["systemd"]) == {"NODE-ENV"}
     assert "SECRETVALUE" not in repr(found)
+
+
+# --------------------------------------------------------------------------
+# compose: also through compose-go's whole project loader (env_file: as `docker compose config`)
+# --------------------------------------------------------------------------
+
+from tests.test_compose import composecheck  # noqa: E402,F401 - the session fixture building tools/composecheck
+
+
+def test_compose_style_through_the_project_loader(composecheck, tmp_path):
+    values = as_mapping(ALL_NASTY + ["${HOME}", "$HOME", "$$HOME", "${V001}", "$V001"])
+    (tmp_path / "rendered.env").write_text(render("compose", values, destination=DEST), encoding="utf-8")
+    (tmp_path / "compose.yaml").write_text("services:\n  app:\n    image: alpine\n    env_file: rendered.env\n")
+    (tmp_path / "project.env").write_text("HOME=/from/project\nV001=from-project\n")
+    proc = subprocess.run([str(composecheck), "compose", "-env-file", str(tmp_path / "project.env"),
+                           str(tmp_path / "compose.yaml")], capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    env = json.loads(proc.stdout)["services"]["app"].get("environment") or {}
+    assert {k: ("" if v is None else v) for k, v in env.items()} == values
