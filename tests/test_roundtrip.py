@@ -206,3 +206,29 @@ def test_render_fails_on_missing_source_unless_optional(kv2, root, cli, tmp_path
     res = cli("--config", str(cfg), "render")
     assert res.code == 0, res.output
     assert (tmp_path / "ghost.env").read_text() == HEADER  # rendered empty, as asked
+
+
+def test_export_refuses_a_terminal_without_stdout_flag(kv2, root, vault_env, tmp_path):
+    import pty
+    import subprocess
+    import sys
+
+    root.secrets.kv.v2.create_or_update_secret(path="svc/tty", secret={"A": "SECRETVALUE"}, mount_point=kv2)
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "vaultsync", "export", "--mount", kv2, "svc/tty"], env=vault_env,
+                              stdout=follower, stderr=subprocess.PIPE, text=True, timeout=60)
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    assert proc.returncode == 2 and "refusing to print secrets to a terminal" in proc.stderr
+    assert b"SECRETVALUE" not in shown
