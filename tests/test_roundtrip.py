@@ -88,7 +88,7 @@ def test_corpus_survives_migrate_render_and_every_consumer(kv2, root, cli, tmp_p
                 assert got == keep, (path.name, style)
     # The numbers the README quotes (`pytest -s` shows them).
     print(f"\ncorpus: {len(CORPUS_FILES)} files, {keys_total} keys; per style carried/refused: {json.dumps(stats)}")
-    assert len(CORPUS_FILES) >= 7 and keys_total >= 250
+    assert len(CORPUS_FILES) >= 9 and keys_total >= 300
     for style in ("dotenv", "compose", "json"):
         assert stats[style]["refused"] == 0, style
     assert stats["docker"]["refused"] == 3  # nasty-handwritten.env: TLS_KEY, MULTILINE, CR_ONLY (line breaks)
