@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
-import shutil
 import subprocess
 from pathlib import Path
 
