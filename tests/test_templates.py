@@ -77,3 +77,25 @@ def test_sandbox_blocks_python_internals(tmp_path):
     with pytest.raises(FormatError):
         tpl(source, {"A": "x"})
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("source", [
+    "{{ secrets[A] }}",  # a value used as a key: Jinja's message quotes the key
+    "{{ A | selectattr(A) | list }}",
+    "{{ secrets | attr(A) }}",
+    "{{ A | max(attribute=A) }}",
+    "{{ A | groupby(A) }}",
+])
+def test_a_value_used_as_a_name_is_never_echoed(source):
+    with pytest.raises(FormatError) as info:
+        tpl(source, {"A": "SECRETVALUE"})
+    assert "SECRETVALUE" not in str(info.value) and f"template {TPL}:1" in str(info.value)
+
+
+def test_names_the_template_spells_are_shown():
+    with pytest.raises(FormatError, match=r"'NO_SUCH'"):
+        tpl('{{ secrets["NO_SUCH"] }}', {"A": "x"})
+    with pytest.raises(FormatError, match=r"'nope'"):
+        tpl("{{ A.nope }}", {"A": "x"})
+    with pytest.raises(FormatError, match=r"no attribute or key 7"):
+        tpl("{{ A.split()[7] }}", {"A": "x"})

@@ -20,7 +20,8 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from types import TracebackType
 
-from jinja2 import FunctionLoader, StrictUndefined, TemplateSyntaxError, UndefinedError
+import jinja2.utils
+from jinja2 import FunctionLoader, StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from vaultsync import quoting
@@ -69,7 +70,36 @@ def _environment(name: str, source: str) -> SandboxedEnvironment:
         keep_trailing_newline=True,
     )
     env.filters.update(FILTERS)
+    env.undefined = _undefined_showing_only(_spelled_names(env, source))
     return env
+
+
+def _spelled_names(env: SandboxedEnvironment, source: str) -> frozenset[str | int]:
+    """Every name and string the template's own text spells (configuration, not secrets)."""
+    tree = env.parse(source)
+    names = {n.name for n in tree.find_all(nodes.Name)} | {n.attr for n in tree.find_all(nodes.Getattr)}
+    return frozenset(names | {n.value for n in tree.find_all(nodes.Const) if isinstance(n.value, (str, int))})
+
+
+def _undefined_showing_only(spelled: frozenset[str | int]) -> type[StrictUndefined]:
+    """A StrictUndefined whose error shows the missing name only if the template spells it.
+
+    Jinja's own message quotes the name looked up, and ``secrets[PASSWORD]`` looks
+    up a *value*: a name computed at render time is never shown.
+    """
+
+    class NamedIfSpelled(StrictUndefined):
+        __slots__ = ()
+
+        @property
+        def _undefined_message(self) -> str:
+            name = self._undefined_name
+            shown = repr(name) if isinstance(name, (str, int)) and name in spelled else "(a name computed from a value: not shown)"
+            if self._undefined_obj is jinja2.utils.missing:
+                return f"{shown} is undefined (no such secret)"
+            return f"{type(self._undefined_obj).__name__} object has no attribute or key {shown}"
+
+    return NamedIfSpelled
 
 
 def _template_line(tb: TracebackType | None, name: str) -> int | None:
@@ -102,8 +132,8 @@ def render(source: str, values: Mapping[str, str], *, destination: str, name: st
     try:
         return template.render(context)
     except UndefinedError as exc:
-        # "'NAME' is undefined" / "'dict object' has no attribute 'NAME'": names only.
-        raise fail(_template_line(exc.__traceback__, name), f"{exc.message} (no such secret)") from None
+        # NamedIfSpelled's message: names the template spells, never a value.
+        raise fail(_template_line(exc.__traceback__, name), str(exc.message)) from None
     except _Refused as exc:
         raise fail(_template_line(exc.__traceback__, name), str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - any other message could quote a value
