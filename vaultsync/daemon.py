@@ -34,7 +34,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from vaultsync import __version__, auth, config, formats, leases, render, rotation, tracing
 from vaultsync.config import Destination, ServiceSettings, Settings
-from vaultsync.errors import VaultError, VaultsyncError
+from vaultsync.errors import SourceMissing, VaultError, VaultsyncError
 from vaultsync.logging import forget_secret, get_logger, register_secret
 from vaultsync.metrics import HealthServer, Metrics
 from vaultsync.vault import KV, describe, detect_kv_version, make_client, read_source
@@ -80,6 +80,7 @@ class ServiceState:
     kv_version: int = 0
     kv_loaded: bool = False  # a read succeeded (the secret may still be absent)
     kv_attempt: int = 0
+    kv_missing: bool = False  # the last read found no secret at kv_path (and it is not optional)
     issue_attempts: dict[str, int] = field(default_factory=dict)  # consecutive failed reads per dynamic secret
     leases: dict[str, Lease] = field(default_factory=dict)
     destinations: dict[str, DestinationState] = field(default_factory=dict)
@@ -383,16 +384,18 @@ class Daemon:
         if st is None or self.kv is None:
             return
         try:
-            secret = self.kv.read(st.settings.kv_path)
-        except VaultError as exc:
+            secret = read_source(self.kv, st.settings.kv_path, service=service, optional=st.settings.optional)
+        except (VaultError, SourceMissing) as exc:
+            # A missing secret is retried like a failing server, and the files keep what they hold.
             st.kv_attempt += 1
+            st.kv_missing = isinstance(exc, SourceMissing)
             # Back off beyond the poll interval while the server fails, up to the cap.
             delay = max(leases.backoff_delay(st.kv_attempt - 1, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng), self.settings.daemon.poll_interval)
             log.warning("kv read failed", service=service, error=str(exc), retry_in=round(delay, 2))
             self._at(f"kv:{service}", self.clock() + delay, self._kv_job, service)
             return
         recovering = st.kv_attempt > 0
-        st.kv_attempt = 0
+        st.kv_attempt, st.kv_missing = 0, False
         interval = self.settings.daemon.poll_interval
         self._at(f"kv:{service}", self.clock() + interval * self.rng.uniform(0.9, 1.0), self._kv_job, service)
         with st.lock:
@@ -675,7 +678,9 @@ class Daemon:
     def ready(self) -> bool:
         if self.token.state is None or not self._started.is_set():
             return False
-        return all(ds.last_success is not None for st in list(self.services.values()) for ds in st.destinations.values())
+        services = list(self.services.values())
+        return not any(st.kv_missing for st in services) and all(
+            ds.last_success is not None for st in services for ds in st.destinations.values())
 
     def status(self) -> dict[str, Any]:
         now = self.clock()
