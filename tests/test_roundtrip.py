@@ -187,6 +187,25 @@ def test_export_missing_secret_and_flag_misuse(kv2, cli, tmp_path):
     assert both.code == 2
 
 
+def test_export_never_clobbers_or_follows_a_link_and_fails_cleanly(kv2, root, cli, tmp_path):
+    root.secrets.kv.v2.create_or_update_secret(path="svc/out", secret={"A": "SECRETVALUE"}, mount_point=kv2)
+    mine = tmp_path / "mine.env"
+    mine.write_text("HAND=edited\n")
+    kept = cli("export", "--mount", kv2, "svc/out", "--out", str(mine))
+    assert kept.code == 2 and "--force" in kept.stderr and mine.read_text() == "HAND=edited\n"
+    victim = tmp_path / "victim"
+    victim.write_text("not yours\n")
+    link = tmp_path / "planted.env"
+    link.symlink_to(victim)
+    forced = cli("export", "--mount", kv2, "svc/out", "--out", str(link), "--force")
+    assert forced.code == 0, forced.output
+    assert victim.read_text() == "not yours\n" and not link.is_symlink()
+    assert stat.S_IMODE(os.stat(link).st_mode) == 0o600 and dotenv_values(link) == {"A": "SECRETVALUE"}
+    blocked = cli("export", "--mount", kv2, "svc/out", "--out", str(victim / "x.env"))  # a file where a folder should be
+    assert blocked.code == 1 and "error: " in blocked.stderr and "Traceback" not in blocked.stderr
+    assert "SECRETVALUE" not in blocked.output
+
+
 # --- a missing source fails the render -----------------------------------------------------------
 
 

@@ -163,13 +163,14 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
 @click.option("--style", type=click.Choice([s for s in config.STYLES if s != "template"]), default="dotenv",
               show_default=True, help="Whose syntax to write (see README: which style for what).")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write here (atomically, mode 0600).")
+@click.option("--force", is_flag=True, help="Replace --out if it exists (a symlink there is replaced, never followed).")
 @click.option("--stdout", "to_stdout", is_flag=True, help="Print to stdout even if it is a terminal.")
 @click.option("--mount", help="KV mount [default: secret].")
 @click.option("--kv-version", type=click.IntRange(1, 2), help="KV version when the token may not read the mount.")
 @click.pass_obj
 @handle_errors
-def export_cmd(state: State, secret_path: str, style: str, out_file: str | None, to_stdout: bool, mount: str | None,
-               kv_version: int | None) -> None:
+def export_cmd(state: State, secret_path: str, style: str, out_file: str | None, force: bool, to_stdout: bool,
+               mount: str | None, kv_version: int | None) -> None:
     """Write the secret at PATH (under the mount, e.g. compose/web) as an env file: the inverse of migrate.
 
     Exit codes: 0 done, 1 no such secret or server error, 2 a key or value the style cannot carry."""
@@ -178,6 +179,8 @@ def export_cmd(state: State, secret_path: str, style: str, out_file: str | None,
 
     if out_file and to_stdout:
         raise BadInput("give --out FILE or --stdout, not both")
+    if out_file and not force and os.path.lexists(out_file):
+        raise BadInput(f"{out_file} exists: pass --force to replace it")
     if not out_file and not to_stdout and sys.stdout.isatty():
         raise BadInput("refusing to print secrets to a terminal: give --out FILE, pipe the output, or pass --stdout")
     s = state.settings(**{"kv.mount": mount, "kv.version": kv_version})
@@ -187,7 +190,10 @@ def export_cmd(state: State, secret_path: str, style: str, out_file: str | None,
     kv = KV(client, s.kv.mount, s.kv.version or detect_kv_version(client, s.kv.mount))
     text = export.export_text(kv, secret_path, style=style, warn=lambda msg: click.echo(f"warning: {msg}", err=True))
     if out_file:
-        render.atomic_write(out_file, text.encode("utf-8"), mode=0o600)
+        try:
+            render.atomic_write(out_file, text.encode("utf-8"), mode=0o600)
+        except OSError as exc:
+            raise VaultsyncError(f"{out_file}: cannot write: {exc.strerror}") from None
         click.echo(f"Wrote {kv.mount}/{secret_path} to {out_file} ({style} style).", err=True)
     else:
         click.echo(text, nl=False)
