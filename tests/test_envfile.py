@@ -45,6 +45,14 @@ def test_interpolation_never_reads_the_environment(line: str, tmp_path: Path, mo
     assert f"--interpolate-env {name}" in str(err.value) and CANARY not in str(err.value)
 
 
+def test_a_reference_that_is_no_variable_name_is_not_echoed(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    path.write_bytes(b"PASSWORD=x${p@ss w0rd!}y\n")  # a password that happens to hold "${"
+    with pytest.raises(ParseError) as err:
+        envfile.parse(path, interpolate=True)
+    assert str(err.value).startswith(f"{path}:1: PASSWORD holds a ${{...}}") and "p@ss" not in str(err.value)
+
+
 def test_interpolate_env_allows_named_variables(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("DOMAIN", "example.com")
     monkeypatch.delenv("UNSET_ONE", raising=False)

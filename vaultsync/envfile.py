@@ -111,15 +111,20 @@ def _interpolate(entries: list[Entry], path: str, allowed: Collection[str], envi
             if atom.name in allowed and atom.name in environ:
                 scope[atom.name] = environ[atom.name]
             elif atom.name not in allowed:
-                raise ParseError(
-                    path, entry.line,
-                    f"{entry.key} refers to ${{{atom.name}}}, which is not defined earlier in this file; --interpolate "
-                    f"reads no environment variable unless allowed with --interpolate-env {atom.name or 'NAME'}",
-                )
+                raise ParseError(path, entry.line, _unresolved(entry.key, atom.name))
         value = "".join(atom.resolve({**scope, **defined}) for atom in parse_variables(entry.value))
         defined[entry.key] = value
         out.append(Entry(entry.key, value, entry.line))
     return out
+
+
+def _unresolved(key: str, name: str) -> str:
+    # "${...}" may be part of a password rather than a reference: show only what is a variable name.
+    if not _KEY.match(name):
+        return (f"{key} holds a ${{...}} that is not a variable name (not shown); --interpolate expands every "
+                "${...}: migrate without it to store the value literally")
+    return (f"{key} refers to ${{{name}}}, which is not defined earlier in this file; --interpolate "
+            f"reads no environment variable unless allowed with --interpolate-env {name}")
 
 
 def _decode(raw: bytes, path: str) -> str:
