@@ -290,6 +290,15 @@ def test_shell_leaves_out_bash_reserved_names_with_a_warning(key, tmp_path):
         assert env["GID"] == "1000"
 
 
+@pytest.mark.parametrize("key", ["PIPESTATUS", "OPTIND"])
+def test_shell_never_writes_a_name_the_shells_read_back_differently(key, tmp_path):
+    """bash resets PIPESTATUS after every command; OPTIND must be a number (dash aborts)."""
+    text = render("shell", {key: "v1", "GID": "1000"}, destination=DEST, warn=lambda _m: None)
+    for shell in readers.SHELLS:
+        env = readers.read_shell(shell, text, tmp_path)
+        assert env.get(key) == "v1" or f"export {key}=" not in text, (shell, env.get(key))
+
+
 def test_bash_really_refuses_uid(tmp_path):
     """Why: `export UID=...` is an error that aborts a `set -e` bash script."""
     path = tmp_path / "x.sh"

@@ -55,10 +55,11 @@ _DOTENV_DOLLAR = "${:-$}"
 DOCKER_MAX_LINE = 64 * 1024
 
 # Names bash will not let a sourced file set: read-only ones (an error that aborts a
-# `set -e` script) and ones whose value the shell itself keeps changing.
+# `set -e` script) and ones whose value the shell itself keeps changing (PIPESTATUS after
+# every command); OPTIND must be a number (dash aborts, bash reads 0).
 _BASH_RESERVED = frozenset({
     "UID", "EUID", "PPID", "SHELLOPTS", "BASHOPTS", "BASHPID", "GROUPS", "FUNCNAME", "RANDOM", "SRANDOM",
-    "SECONDS", "LINENO", "HISTCMD", "DIRSTACK", "EPOCHSECONDS", "EPOCHREALTIME", "_", "SHLVL",
+    "SECONDS", "LINENO", "HISTCMD", "DIRSTACK", "EPOCHSECONDS", "EPOCHREALTIME", "_", "SHLVL", "PIPESTATUS", "OPTIND",
 })
 
 
