@@ -83,7 +83,9 @@ def main(ctx: click.Context, config_path: str | None, addr: str | None, namespac
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
 @click.option("--prune", is_flag=True, help="Remove keys that are only in Vault.")
 @click.option("--strict", is_flag=True, help="A duplicate key is an error, not a warning.")
-@click.option("--interpolate", is_flag=True, help="Expand ${VAR} as python-dotenv does (off: stored literally).")
+@click.option("--interpolate", is_flag=True, help="Expand ${VAR} from keys defined earlier in the same file (off: stored literally).")
+@click.option("--interpolate-env", "interpolate_env", multiple=True, metavar="NAME",
+              help="With --interpolate, let ${NAME} read this environment variable too (repeatable).")
 @click.option("--concurrency", type=click.IntRange(1, 64), help="Parallel requests [default: 8].")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged keys too.")
@@ -91,7 +93,7 @@ def main(ctx: click.Context, config_path: str | None, addr: str | None, namespac
 @handle_errors
 def migrate(state: State, env_files: tuple[str, ...], service: str | None, secret_path: str | None, mount: str | None,
             prefix: str | None, kv_version: int | None, dry_run: bool, prune: bool, strict: bool, interpolate: bool,
-            concurrency: int | None, output: str, verbose: bool) -> None:
+            interpolate_env: tuple[str, ...], concurrency: int | None, output: str, verbose: bool) -> None:
     """Import ENV_FILES into KV: print a masked plan, then write with check-and-set.
 
     Exit codes: 0 done, 1 failure, 2 bad input, 3 conflict (someone else wrote first).
@@ -109,11 +111,17 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
         sources = list(s.migrate.sources)
         if not sources:
             raise BadInput("no .env files given, and no [[migrate.sources]] in the config")
+    if interpolate_env and not interpolate:
+        raise BadInput("--interpolate-env needs --interpolate")
     log = vlog.get_logger()
     targets = m.build_targets(
-        sources, prefix=s.kv.prefix, strict=strict, interpolate=interpolate, max_secret_bytes=s.migrate.max_secret_bytes,
+        sources, prefix=s.kv.prefix, strict=strict, interpolate=interpolate, interpolate_env=interpolate_env,
+        max_secret_bytes=s.migrate.max_secret_bytes,
         warn=lambda msg: (log.warning("duplicate key", detail=msg), click.echo(f"warning: {msg}", err=True)),
     )
+    for msg in m.style_warnings(targets):
+        log.warning("style cannot carry keys", detail=msg)
+        click.echo(f"warning: {msg}", err=True)
     client = make_client(s.vault, pool_size=s.migrate.concurrency)
     if not client.token:
         raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), vault.token_file, or `vault login` (~/.vault-token)")
@@ -158,6 +166,47 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
             click.echo(f"{not_written} secrets were NOT written; the others were.", err=True)
     if outcome.exit_code:
         sys.exit(outcome.exit_code)
+
+
+@main.command("export", context_settings=CONTEXT)
+@click.argument("secret_path", metavar="PATH")
+@click.option("--style", type=click.Choice([s for s in config.STYLES if s != "template"]), default="dotenv",
+              show_default=True, help="Whose syntax to write (see README: which style for what).")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write here (atomically, mode 0600).")
+@click.option("--force", is_flag=True, help="Replace --out if it exists (a symlink there is replaced, never followed).")
+@click.option("--stdout", "to_stdout", is_flag=True, help="Print to stdout even if it is a terminal.")
+@click.option("--mount", help="KV mount [default: secret].")
+@click.option("--kv-version", type=click.IntRange(1, 2), help="KV version when the token may not read the mount.")
+@click.pass_obj
+@handle_errors
+def export_cmd(state: State, secret_path: str, style: str, out_file: str | None, force: bool, to_stdout: bool,
+               mount: str | None, kv_version: int | None) -> None:
+    """Write the secret at PATH (under the mount, e.g. compose/web) as an env file: the inverse of migrate.
+
+    Exit codes: 0 done, 1 no such secret or server error, 2 a key or value the style cannot carry."""
+    from vaultsync import export, render
+    from vaultsync.vault import KV, detect_kv_version, make_client
+
+    if out_file and to_stdout:
+        raise BadInput("give --out FILE or --stdout, not both")
+    if out_file and not force and os.path.lexists(out_file):
+        raise BadInput(f"{out_file} exists: pass --force to replace it")
+    if not out_file and not to_stdout and sys.stdout.isatty():
+        raise BadInput("refusing to print secrets to a terminal: give --out FILE, pipe the output, or pass --stdout")
+    s = state.settings(**{"kv.mount": mount, "kv.version": kv_version})
+    client = make_client(s.vault)
+    if not client.token:
+        raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), or vault.token_file")
+    kv = KV(client, s.kv.mount, s.kv.version or detect_kv_version(client, s.kv.mount))
+    text = export.export_text(kv, secret_path, style=style, warn=lambda msg: click.echo(f"warning: {msg}", err=True))
+    if out_file:
+        try:
+            render.atomic_write(out_file, text.encode("utf-8"), mode=0o600)
+        except OSError as exc:
+            raise VaultsyncError(f"{out_file}: cannot write: {exc.strerror}") from None
+        click.echo(f"Wrote {kv.mount}/{secret_path} to {out_file} ({style} style).", err=True)
+    else:
+        click.echo(text, nl=False)
 
 
 # --- dev server -------------------------------------------------------------------------
@@ -315,8 +364,9 @@ def render_cmd(state: State, output: str) -> None:
     Exit 1 if any destination failed (the others are still rendered)."""
     from vaultsync.daemon import render_once
 
+    errors: dict[str, str] = {}
     with tracing.span("vaultsync.render") as sp:
-        results = render_once(state.settings())
+        results = render_once(state.settings(), errors)
         tracing.set_attributes(sp, services=len(results), failures=sum(r == "failure" for d in results.values() for r in d.values()))
     if output == "json":
         click.echo(json.dumps(results, indent=2))
@@ -324,7 +374,9 @@ def render_cmd(state: State, output: str) -> None:
         for service, dests in results.items():
             for path, result in dests.items():
                 click.echo(f"{service}: {path}: {result}")
-    if any(r == "failure" for dests in results.values() for r in dests.values()):
+    for message in errors.values():
+        click.echo(f"error: {vlog.scrub(message)}", err=True)
+    if errors or any(r == "failure" for dests in results.values() for r in dests.values()):
         sys.exit(1)
 
 

@@ -83,8 +83,8 @@ class AuthSettings:
 @dataclass(frozen=True)
 class Destination:
     path: str
-    style: str = "dotenv"  # dotenv | docker | shell | template
-    template: str | None = None  # file holding a string.Template, for style = "template"
+    style: str = "dotenv"  # dotenv | compose | docker | shell | systemd | json | template (vaultsync.formats)
+    template: str | None = None  # file holding a Jinja2 template, for style = "template"
     mode: int = 0o600
     backup: bool = False
     command: tuple[str, ...] = ()
@@ -111,6 +111,7 @@ class RotateSpec:
 class ServiceSettings:
     name: str
     kv_path: str
+    optional: bool = False  # a missing kv_path renders as no keys instead of failing (SourceMissing)
     policies: tuple[str, ...] = ()
     token_ttl: float = 3600.0
     token_max_ttl: float = 4 * 3600.0

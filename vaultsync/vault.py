@@ -19,7 +19,7 @@ from requests.adapters import HTTPAdapter
 
 from vaultsync import connection
 from vaultsync.config import VaultSettings, token_with_source
-from vaultsync.errors import BadInput, ConfigError, Conflict, TokenInvalid, VaultError
+from vaultsync.errors import BadInput, ConfigError, Conflict, SourceMissing, TokenInvalid, VaultError
 from vaultsync.logging import get_logger, register_secret
 
 log = get_logger()
@@ -200,3 +200,14 @@ class KV:
         if self.version == 2:
             return {f"{self.mount}/data/{path}": ["read"], f"{self.mount}/metadata/{path}": ["read", "list"]}
         return {f"{self.mount}/{path}": ["read", "list"]}
+
+
+def read_source(kv: KV, path: str, *, service: str, optional: bool = False) -> Secret:
+    """Read a service's KV secret; a missing one raises :class:`SourceMissing` unless ``optional``.
+
+    The one place that decides what "missing" means, for ``render`` and the daemon alike.
+    """
+    secret = kv.read(path)
+    if secret.data is None and not optional:
+        raise SourceMissing(service, f"{kv.mount}/{secret.path}")
+    return secret
