@@ -18,6 +18,7 @@ import pytest
 from tests import vault_cluster
 from tests.conftest import Result, run_cli
 from tests.fixtures_servers import free_port
+from vaultsync.formats import HEADER
 
 pytestmark = pytest.mark.vault
 
@@ -336,7 +337,7 @@ def test_daemon_static_token_at_max_ttl_says_once_that_it_cannot_log_in_again(kv
         # After the token is gone the daemon keeps trying (backed off) but says it only once.
         wait_for(lambda: d.count("login failed") >= 2, 60, "logins failing after expiry")
         assert d.count("static token cannot log in again") == 1
-        assert (work / "web.env").read_text() == "A='1'\n"  # the last good file stays
+        assert (work / "web.env").read_text() == HEADER + "A='1'\n"  # the last good file stays
     finally:
         d.stop()
     assert token not in d.log.read_text()
