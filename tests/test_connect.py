@@ -313,6 +313,29 @@ def test_token_sources_in_the_vault_cli_order_each_logged_and_redacted(vault_ser
     assert [e["source"] for e in debug_events(res) if e["event"] == "token source"] == ["environment (VAULT_TOKEN/BAO_TOKEN)"]
     assert root_token not in res.output
 
+def test_approle_login_ignores_a_personal_token_in_vault_token_and_home(kv2, root, cli, vault_env, tmp_path):
+    """An operator's stale `vault login` token (or VAULT_TOKEN) on the host must not ride along with
+    an AppRole login: sent with the wrapped secret_id's unwrap it failed and read as an attack."""
+    import uuid
+
+    approle = "approle-" + uuid.uuid4().hex[:8]
+    cfg = tmp_path / "vaultsync.toml"
+    cfg.write_text(f'[kv]\nmount = "{kv2}"\nprefix = "compose"\n[auth]\nmount = "{approle}"\n'
+                   '[services.web]\n[[services.web.destinations]]\npath = "web.env"\n')
+    root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"A": "1"}, mount_point=kv2)
+    assert cli("--config", str(cfg), "policies", "apply", str(tmp_path)).code == 0
+    creds = tmp_path / "creds"
+    assert cli("--config", str(cfg), "approle", "credentials", "web", "--out", str(creds), "--wrap-ttl", "60s").code == 0
+    cfg.write_text(cfg.read_text().replace(
+        "[auth]\n", f'[auth]\nmethod = "approle"\nrole_name = "web"\nrole_id_file = "{creds / "role_id"}"\n'
+                    f'secret_id_file = "{creds / "secret_id"}"\nsecret_id_wrapped = true\n'))
+    home = Path(vault_env["HOME"])
+    (home / ".vault-token").write_text("hvs.stale-personal-token-from-vault-login\n")
+    env = {**vault_env, "VAULT_TOKEN": "hvs.stale-token-in-the-environment-000"}
+    res = run_cli("--config", str(cfg), "render", env=env, cwd=tmp_path)
+    assert res.code == 0, res.output
+    assert "security" not in res.stderr
+    assert (tmp_path / "web.env").read_text() == "A='1'\n"
 
 
 # --- the daemon with a static token ---------------------------------------------------------------------

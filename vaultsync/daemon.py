@@ -130,7 +130,10 @@ class Daemon:
         self.clock = clock
         self.rng = rng or random.SystemRandom()
         self.holder = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.client = make_client(settings.vault, pool_size=8, adapter=self.metrics.counting_adapter(8))
+        # An AppRole daemon starts without a token: a VAULT_TOKEN or `vault login` token on the host
+        # is someone else's and must not ride along with its login or its unwrap.
+        self.client = make_client(settings.vault, pool_size=8, adapter=self.metrics.counting_adapter(8),
+                                  token="" if settings.auth.method == "approle" else None)
         self.kv: KV | None = None
         self.token = TokenInfo()
         self.services: dict[str, ServiceState] = {}
