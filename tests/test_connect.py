@@ -313,6 +313,40 @@ def test_token_sources_in_the_vault_cli_order_each_logged_and_redacted(vault_ser
     assert [e["source"] for e in debug_events(res) if e["event"] == "token source"] == ["environment (VAULT_TOKEN/BAO_TOKEN)"]
     assert root_token not in res.output
 
+@pytest.mark.parametrize("content,expect", [
+    (b"%s\r\n", None), (b"  %s \t\n\n", None),
+    (b"", "the token file (vault.token_file) is empty"), (b"\n \r\n", "the token file (vault.token_file) is empty"),
+    (b"%s\nsecond-line\n", "the token holds spaces, line breaks"), (b"\xef\xbb\xbf%s\n", "the token file holds bytes no token has"),
+    (b"%s\xff\n", "the token file holds bytes no token has"), (None, "cannot read the token file: Is a directory"),
+], ids=["crlf", "whitespace", "empty", "blank", "two-lines", "bom", "binary", "folder"])
+def test_token_file_shapes_work_or_fail_cleanly_naming_the_file(vault_server, vault_env, kv2, env_file, tmp_path, content, expect):
+    token = vault_server.token
+    tf = tmp_path / "token"
+    if content is None:
+        tf.mkdir()
+    else:
+        tf.write_bytes(content.replace(b"%s", token.encode()))
+    cfg = tmp_path / "vaultsync.toml"
+    cfg.write_text(f'[vault]\ntoken_file = "{tf}"\n')
+    no_token = {k: v for k, v in vault_env.items() if k != "VAULT_TOKEN"}
+    res = dry_run(no_token, kv2, env_file, "--config", str(cfg))
+    if expect is None:
+        ok(res)
+    else:
+        assert res.code == 2, res.output
+        assert f"error: {tf}: {expect}" in res.stderr
+        assert "Traceback" not in res.output
+    assert token not in res.output
+
+
+def test_a_token_in_the_environment_with_a_line_break_inside_is_a_clean_error(vault_server, vault_env, kv2, env_file):
+    token = vault_server.token
+    ok(dry_run({**vault_env, "VAULT_TOKEN": f"{token}\r\n"}, kv2, env_file))  # an env file with CRLF line ends
+    res = dry_run({**vault_env, "BAO_TOKEN": f"{token}\nx", "VAULT_TOKEN": ""}, kv2, env_file)
+    assert res.code == 2 and "VAULT_TOKEN (or BAO_TOKEN): the token holds spaces, line breaks" in res.stderr, res.output
+    assert token not in res.output
+
+
 def test_approle_login_ignores_a_personal_token_in_vault_token_and_home(kv2, root, cli, vault_env, tmp_path):
     """An operator's stale `vault login` token (or VAULT_TOKEN) on the host must not ride along with
     an AppRole login: sent with the wrapped secret_id's unwrap it failed and read as an attack."""
