@@ -232,6 +232,40 @@ def test_server_down_names_the_address_and_the_os_error(vault_server, base_env, 
     assert f"cannot reach the server at {addr}: Connection refused" in res.stderr
 
 
+def test_unresolvable_name_and_ipv6_literal_name_the_address_and_the_cause(vault_server, base_env, kv2, env_file):
+    env = {**base_env, "VAULT_CACERT": vault_server.cacert}
+    res = dry_run({**env, "VAULT_ADDR": "https://vault.nonexistent.invalid:8200"}, kv2, env_file)
+    assert res.code == 1, res.output
+    assert "cannot reach the server at https://vault.nonexistent.invalid:8200: name lookup failed" in res.stderr
+    port = free_port()
+    res = dry_run({**env, "VAULT_ADDR": f"https://[::1]:{port}/"}, kv2, env_file)
+    assert res.code == 1, res.output
+    assert f"cannot reach the server at https://[::1]:{port}: " in res.stderr and "Traceback" not in res.output
+
+
+def test_address_with_a_trailing_slash_works(vault_server, base_env, kv2, env_file):
+    ok(dry_run({**base_env, "VAULT_ADDR": vault_server.addr + "/", "VAULT_CACERT": vault_server.cacert}, kv2, env_file))
+
+
+@pytest.mark.parametrize("suffix,code,expect", [
+    ("/v1", 2, "must not end in /v1: vaultsync adds it"),
+    ("/?x=1", 2, "must not hold a query (?) or fragment (#)"),
+    ("/some/prefix", 1, "no Vault API at {addr}/some/prefix: auth/token/lookup-self is not found there"),
+], ids=["v1", "query", "wrong-path"])
+def test_address_with_a_path_or_query_says_what_is_wrong(vault_server, base_env, kv2, env_file, suffix, code, expect):
+    env = {**base_env, "VAULT_ADDR": vault_server.addr + suffix, "VAULT_CACERT": vault_server.cacert}
+    res = dry_run(env, kv2, env_file)
+    assert res.code == code, res.output
+    assert expect.format(addr=vault_server.addr) in res.stderr
+
+
+def test_a_password_in_the_address_never_reaches_a_message(vault_server, base_env, kv2, env_file):
+    port = free_port()
+    res = dry_run({**base_env, "VAULT_ADDR": f"https://ops:pa55w0rd-in-url@127.0.0.1:{port}"}, kv2, env_file)
+    assert res.code == 1 and f"cannot reach the server at https://127.0.0.1:{port}: Connection refused" in res.stderr, res.output
+    assert "pa55w0rd-in-url" not in res.output
+
+
 def test_sealed_server_says_sealed_and_names_it(fresh_vault, tmp_path, env_file):
     fresh_vault.node.seal()
     try:

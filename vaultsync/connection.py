@@ -28,8 +28,8 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from vaultsync.config import VaultSettings
-from vaultsync.errors import ConfigError, TokenInvalid
-from vaultsync.logging import get_logger
+from vaultsync.errors import ConfigError, TokenInvalid, VaultError
+from vaultsync.logging import get_logger, register_secret
 
 log = get_logger()
 
@@ -43,14 +43,30 @@ def check_addr(addr: str) -> str:
     """The server address as a base URL; a missing or unknown scheme is a config error, not
     requests' ``InvalidSchema``."""
     parts = urlsplit(addr.strip())
+    # user:password@ in an address (with or without a scheme): never in a log line or message
+    register_secret(urlsplit(addr.strip() if "://" in addr else f"https://{addr.strip()}").password)
+    shown = _without_userinfo(addr)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        hint = f" (write it as https://{addr.strip()})" if "://" not in addr else ""
-        raise ConfigError(f"server address {addr!r} must start with https:// or http://{hint}")
+        hint = f" (write it as https://{shown.strip()})" if "://" not in addr else ""
+        raise ConfigError(f"server address {shown!r} must start with https:// or http://{hint}")
     try:
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:
-        raise ConfigError(f"server address {addr!r} has an invalid port") from None
+        raise ConfigError(f"server address {shown!r} has an invalid port") from None
+    if parts.query or parts.fragment or "?" in addr or "#" in addr:
+        raise ConfigError(f"server address {shown!r} must not hold a query (?) or fragment (#)")
+    if parts.path.rstrip("/").endswith("/v1"):
+        raise ConfigError(f"server address {shown!r} must not end in /v1: vaultsync adds it "
+                          "(give the server's address, e.g. https://vault.example.com:8200)")
+    # A path is kept (a reverse proxy may serve the API under a prefix), as in the Vault CLI.
     return addr.strip().rstrip("/")
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` without ``user:password@``: a password in an address must not reach a message."""
+    parts = urlsplit(url.strip())
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=host).geturl() if parts.netloc else url
 
 
 def _require_file(path: str, what: str) -> None:
@@ -142,7 +158,7 @@ def configure_session(session: requests.Session, adapter: HTTPAdapter, vault: Va
     # urllib3 drops these keywords for http:// pools, so they only ever touch TLS connections.
     adapter.poolmanager.connection_pool_kw.update(tls.pool_kw)
     if not vault.tls_verify:
-        warn_insecure(vault.addr)
+        warn_insecure(_without_userinfo(vault.addr))
 
 
 def warn_insecure(addr: str) -> None:
@@ -179,7 +195,8 @@ def server_of(exc: BaseException) -> str:
     if not url:
         return "the server"
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else "the server"
+    host = parts.netloc.rpartition("@")[2]  # never a user:password of the address
+    return f"{parts.scheme}://{host}" if host else "the server"
 
 
 # OpenSSL X509_V_ERR_* codes (x509_vfy.h); 7 (signature failure): a CA of the same name did not sign it
@@ -290,6 +307,9 @@ def preflight(client: hvac.Client) -> dict[str, Any]:
         # the first real request names what it lacks.
         log.debug("token may not look itself up", path="auth/token/lookup-self", capability="read")
         return {}
+    except hvac.exceptions.InvalidPath:  # every token may look itself up: nothing there is Vault's API
+        raise VaultError(f"no Vault API at {_without_userinfo(client.adapter.base_uri)}: auth/token/lookup-self "
+                         "is not found there (check the path in the address)") from None
     except Exception as exc:  # noqa: BLE001 - one clean message per cause
         raise describe(exc, "look up the token (auth/token/lookup-self)") from None
     info = (data or {}).get("data") or {} if isinstance(data, dict) else {}
