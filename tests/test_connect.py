@@ -11,6 +11,7 @@ import json
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,45 @@ def test_tls_server_name_is_checked_against_the_certificate(vault_server, base_e
     res = dry_run({**env, "VAULT_TLS_SERVER_NAME": "other.example"}, kv2, env_file)
     assert res.code == 1, res.output
     assert "is not valid for the name asked for" in res.stderr and "VAULT_TLS_SERVER_NAME" in res.stderr
+
+
+# --- a server whose certificate is bad: expired, not yet valid, for another name ------------------------
+
+
+NAMES = {"dns": vault_cluster.SERVER_NAMES, "ips": ("127.0.0.1",)}
+BAD_CERTS = {
+    "expired": ({**NAMES, "valid_days": (-3, -1)}, "TLS: the certificate of {addr} has expired"),
+    "not-yet-valid": ({**NAMES, "valid_days": (1, 3)}, "TLS: the certificate of {addr} is not valid yet"),
+    "other-name": ({"dns": ("elsewhere.test",)}, "TLS: the certificate of {addr} is not valid for the name asked for"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_cert_nodes(vault_server, tmp_path_factory) -> Iterator[dict[str, vault_cluster.Node]]:
+    """Real server processes (started, never initialised: a handshake is all these tests need), each
+    with a certificate the session CA signed that a client must refuse."""
+    from vaultsync import devserver
+
+    assert vault_server.ca is not None, "needs the session's server-mode CA"
+    nodes: dict[str, vault_cluster.Node] = {}
+    try:
+        for name, (issue, _) in BAD_CERTS.items():
+            cert = vault_server.ca.issue(f"bad-{name}", **issue)  # type: ignore[arg-type]
+            folder = tmp_path_factory.mktemp(f"bad-{name}")
+            nodes[name] = vault_cluster.Node(devserver.find_server_binary(), folder, vault_server.ca, name, tls=cert).start()
+        yield nodes
+    finally:
+        for node in nodes.values():
+            node.kill()
+
+
+@pytest.mark.parametrize("which", list(BAD_CERTS))
+def test_a_bad_server_certificate_says_what_is_wrong_with_it(vault_server, bad_cert_nodes, base_env, kv2, env_file, which):
+    node = bad_cert_nodes[which]
+    res = dry_run({**base_env, "VAULT_ADDR": node.addr, "VAULT_CACERT": vault_server.cacert}, kv2, env_file)
+    assert res.code == 1, res.output
+    assert BAD_CERTS[which][1].format(addr=node.addr) in res.stderr
+    assert "Traceback" not in res.output
 
 
 # --- mTLS ---------------------------------------------------------------------------------------------

@@ -202,7 +202,7 @@ def server_of(exc: BaseException) -> str:
 # OpenSSL X509_V_ERR_* codes (x509_vfy.h); 7 (signature failure): a CA of the same name did not sign it
 _UNKNOWN_CA = {2, 7, 18, 19, 20, 21}
 _NAME_MISMATCH = {62, 64}
-_EXPIRED = {9, 10}
+_NOT_YET_VALID, _EXPIRED = 9, 10
 
 
 def _explain_tls(exc: BaseException, server: str) -> str:
@@ -219,8 +219,11 @@ def _explain_tls(exc: BaseException, server: str) -> str:
             if code in _NAME_MISMATCH:
                 return (f"TLS: the certificate of {server} is not valid for the name asked for ({c.verify_message}); "
                         "connect by a name the certificate carries, or set VAULT_TLS_SERVER_NAME to one")
-            if code in _EXPIRED:
-                return f"TLS: the certificate of {server} is expired or not yet valid"
+            if code == _EXPIRED:
+                return f"TLS: the certificate of {server} has expired ({c.verify_message}); the server needs a new one"
+            if code == _NOT_YET_VALID:
+                return (f"TLS: the certificate of {server} is not valid yet ({c.verify_message}); "
+                        "check the clock of this host and of the server")
             return f"TLS: the certificate of {server} was refused: {c.verify_message}"
     text = " ".join(str(c) for c in causes)
     if any(r in text for r in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG")):
