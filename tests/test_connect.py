@@ -257,6 +257,14 @@ def test_https_to_a_plain_http_server_says_it_is_not_tls(base_env, kv2, env_file
     assert "does not speak TLS" in res.stderr
 
 
+def test_the_cluster_port_instead_of_the_api_port_names_the_tls_reason(vault_server, base_env, kv2, env_file):
+    addr = f"https://127.0.0.1:{vault_server.node.cluster_port}"
+    res = dry_run({**base_env, "VAULT_ADDR": addr, "VAULT_CACERT": vault_server.cacert}, kv2, env_file)
+    assert res.code == 1, res.output
+    assert f"TLS handshake with {addr} failed (" in res.stderr and "is this the server's API port?" in res.stderr
+    assert "failed (no reason given)" not in res.stderr
+
+
 def test_address_without_scheme_is_a_config_error(vault_server, base_env, kv2, env_file):
     bare = vault_server.addr.removeprefix("https://")
     res = dry_run({**base_env, "VAULT_ADDR": bare}, kv2, env_file)

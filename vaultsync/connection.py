@@ -231,7 +231,15 @@ def _explain_tls(exc: BaseException, server: str) -> str:
     if any(r in text for r in ("CERTIFICATE_REQUIRED", "ALERT_BAD_CERTIFICATE", "ALERT_UNKNOWN_CA", "ALERT_HANDSHAKE_FAILURE")):
         return (f"TLS: {server} refused the client certificate or asked for one "
                 "(set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY to a certificate its CA signed)")
-    return f"TLS handshake with {server} failed"
+    return f"TLS handshake with {server} failed ({_tls_reason(causes)}): is this the server's API port?"
+
+
+def _tls_reason(causes: list[BaseException]) -> str:
+    for c in causes:
+        if isinstance(c, ssl.SSLEOFError) or "UNEXPECTED_EOF" in str(c):
+            return "the server closed the connection during the handshake"
+    reasons = [c.reason for c in causes if isinstance(c, ssl.SSLError) and getattr(c, "reason", None)]
+    return reasons[0] if reasons else "no reason given"
 
 
 def _os_error(exc: BaseException) -> str:
