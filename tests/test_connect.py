@@ -223,6 +223,22 @@ def test_mtls_certificate_from_another_ca_is_refused(vault_server, base_env, kv2
     assert res.code == 1 and "refused the client certificate" in res.stderr, res.output
 
 
+def test_a_world_readable_client_key_is_warned_about_once_not_refused(vault_server, base_env, kv2, env_file, client_cert, tmp_path):
+    key = tmp_path / "open-key.pem"
+    shutil.copy(client_cert.key, key)
+    env = {**base_env, "VAULT_ADDR": vault_server.mtls_addr, "VAULT_CACERT": vault_server.cacert,
+           "VAULT_CLIENT_CERT": client_cert.cert, "VAULT_CLIENT_KEY": str(key)}
+    key.chmod(0o600)
+    res = dry_run(env, kv2, env_file)
+    ok(res)
+    assert "readable by every user" not in res.stderr
+    key.chmod(0o644)
+    res = dry_run(env, kv2, env_file)
+    ok(res)
+    assert res.stderr.count(f"warning: the client key {key} is readable by every user (mode 644)") == 1
+    assert [e for e in debug_events(res) if e["event"] == "client key readable by every user"]
+
+
 def test_client_cert_without_key_and_missing_key_file(vault_server, base_env, kv2, env_file, client_cert, tmp_path):
     env = {**base_env, "VAULT_CACERT": vault_server.cacert}
     res = dry_run({**env, "VAULT_CLIENT_CERT": client_cert.cert}, kv2, env_file)

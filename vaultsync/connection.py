@@ -159,6 +159,8 @@ def configure_session(session: requests.Session, adapter: HTTPAdapter, vault: Va
     adapter.poolmanager.connection_pool_kw.update(tls.pool_kw)
     if not vault.tls_verify:
         warn_insecure(_without_userinfo(vault.addr))
+    if tls.cert:
+        warn_open_key(tls.cert[1])
 
 
 def warn_insecure(addr: str) -> None:
@@ -172,6 +174,25 @@ def warn_insecure(addr: str) -> None:
     msg = f"TLS verification is OFF for {addr} (tls-skip-verify / VAULT_SKIP_VERIFY / tls_verify = false): not for production"
     print(f"warning: {msg}", file=sys.stderr, flush=True)
     log.warning("tls verification disabled", addr=addr)
+
+
+_open_keys_warned: set[str] = set()
+
+
+def warn_open_key(path: str) -> None:
+    """Once per file, on stderr and in the log: every user of this host may read the client key.
+    A warning, not a refusal: the Vault CLI accepts such a key, and a Kubernetes secret volume is
+    world-readable unless its defaultMode says otherwise."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not mode & 0o004 or path in _open_keys_warned:
+        return
+    _open_keys_warned.add(path)
+    print(f"warning: the client key {path} is readable by every user (mode {mode & 0o777:o}): chmod 600 it",
+          file=sys.stderr, flush=True)
+    log.warning("client key readable by every user", file=path, mode=f"{mode & 0o777:o}")
 
 
 # --- what a failure means --------------------------------------------------------------------------
