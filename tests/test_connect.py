@@ -445,6 +445,16 @@ def test_a_token_in_the_environment_with_a_line_break_inside_is_a_clean_error(va
     assert token not in res.output
 
 
+def test_render_says_why_it_could_not_log_in(vault_server, vault_env, kv2, tmp_path):
+    cfg = tmp_path / "vaultsync.toml"
+    cfg.write_text(f'[kv]\nmount = "{kv2}"\n[services.web]\n[[services.web.destinations]]\npath = "web.env"\n')
+    res = run_cli("--config", str(cfg), "render", env={**vault_env, "VAULT_TOKEN": "hvs.not-a-real-token-at-all-0000"}, cwd=tmp_path)
+    assert res.code == 1 and "error: login failed: invalid token" in res.stderr, res.output
+    addr = f"https://127.0.0.1:{free_port()}"
+    res = run_cli("--config", str(cfg), "render", env={**vault_env, "VAULT_ADDR": addr}, cwd=tmp_path)
+    assert res.code == 1 and f"error: login failed: cannot reach the server at {addr}: Connection refused" in res.stderr, res.output
+
+
 def test_approle_login_ignores_a_personal_token_in_vault_token_and_home(kv2, root, cli, vault_env, tmp_path):
     """An operator's stale `vault login` token (or VAULT_TOKEN) on the host must not ride along with
     an AppRole login: sent with the wrapped secret_id's unwrap it failed and read as an attack."""

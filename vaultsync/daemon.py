@@ -144,6 +144,7 @@ class Daemon:
         self._secret_id: str | None = None  # kept for logins after max TTL (its file may be gone)
         self._secret_id_stat: tuple[int, int] | None = None  # (inode, mtime) of the file it came from
         self._static_token_told = False  # said once that a static token cannot log in again
+        self.login_error: str | None = None  # why the last login failed (for `vaultsync render`'s message)
         self._login_gen = 0  # bumped by every login that yields a different token
         self.scheduler = BackgroundScheduler(
             executors={"default": APThreadPool(8)},
@@ -264,11 +265,13 @@ class Daemon:
         except auth.SecurityError as exc:
             self.metrics.logins.labels(method, "failure").inc()
             log.error("login refused: security", error=str(exc))
+            self.login_error = str(exc)
             return False
         except Exception as exc:  # noqa: BLE001
             err = exc if isinstance(exc, VaultsyncError) else describe(exc, f"{method} login")
             self.metrics.logins.labels(method, "failure").inc()
             log.warning("login failed", method=method, error=str(err))
+            self.login_error = str(err)
             current = _file_id(s.auth.secret_id_file)
             if method == "approle" and current is not None and current != self._secret_id_stat:
                 self._secret_id = None  # new credentials were delivered since we read ours: use them next time
@@ -759,7 +762,7 @@ def render_once(settings: Settings) -> dict[str, dict[str, str]]:
     Dynamic secrets are issued fresh each run (their leases are left to expire)."""
     d = Daemon(settings, serve_http=False)
     if not d._login():
-        raise VaultError("login failed (see the log for why)")
+        raise VaultError(f"login failed: {d.login_error}")
     d.kv = KV(d.client, settings.kv.mount, settings.kv.version or detect_kv_version(d.client, settings.kv.mount))
     d._stop.set()  # no scheduler: nothing gets scheduled
     results: dict[str, dict[str, str]] = {}
