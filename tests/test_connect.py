@@ -505,3 +505,28 @@ def test_daemon_static_token_at_max_ttl_says_once_that_it_cannot_log_in_again(kv
     finally:
         d.stop()
     assert token not in d.log.read_text()
+
+
+def test_daemon_with_a_token_file_an_agent_rewrites_logs_in_with_the_new_token_without_crying_wolf(kv2, root, vault_server, tmp_path):
+    from tests.daemon_harness import DaemonProc, daemon_env, wait_for
+    from tests.least_privilege import daemon_token
+    from tests.test_daemon import config
+
+    root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"A": "1"}, mount_point=kv2)
+    work = tmp_path / "work"
+    work.mkdir()
+    token_file = work / "agent-token"
+    token_file.write_text(daemon_token(root, kv_mount=kv2, ttl="4s", explicit_max_ttl="10s") + "\n")
+    cfg = config(work, kv2, '[services.web]\n[[services.web.destinations]]\npath = "web.env"\n', poll="1s")
+    cfg.write_text(cfg.read_text().replace("[vault]\n", f'[vault]\ntoken_file = "{token_file}"\n', 1))
+    env = {k: v for k, v in daemon_env(vault_server, "", work).items() if k != "VAULT_TOKEN"}
+    d = DaemonProc(cfg, env, work).start()
+    try:
+        # What an agent's file sink does before the old token's max TTL: write the next token.
+        token_file.write_text(daemon_token(root, kv_mount=kv2, ttl="1h") + "\n")
+        wait_for(lambda: d.count("logged in") >= 2, 30, "a login with the rewritten token file")
+        root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"A": "2"}, mount_point=kv2)
+        wait_for(lambda: (work / "web.env").read_text() == "A='2'\n", 30, "a change read with the new token")
+        assert d.count("static token cannot log in again") == 0
+    finally:
+        d.stop()

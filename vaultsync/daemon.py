@@ -333,15 +333,10 @@ class Daemon:
 
     def _relogin(self, why: str) -> bool:
         log.info("logging in again", reason=why)
-        if self.settings.auth.method == "token" and not self._static_token_told:
-            # A static token cannot be replaced by logging in: say so once, not on every attempt.
-            self._static_token_told = True
-            log.error("static token cannot log in again", reason=why,
-                      fix="give vaultsync a periodic token (vault token create -period=24h ...) "
-                          "or use auth.method = 'approle'; it stops working when this token expires")
         gen = self._login_gen
         if self._login():
             if self._login_gen == gen:
+                self._tell_static_token(why)
                 return True  # the same token again (token method): its leases stay valid
             # Leases die with the token that created them: re-issue every dynamic secret under
             # the new token now (the old ones are revoked after the grace period or with the old token).
@@ -349,12 +344,23 @@ class Daemon:
                 for name in list(svc.leases):
                     self._at(f"lease:{svc.settings.name}:{name}", self.clock(), self._reissue, svc.settings.name, name)
             return True
+        self._tell_static_token(why)
         self.token.attempt += 1
         delay = leases.backoff_delay(self.token.attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
         self.token.decision = replace(self.token.decision, action=leases.Action.REISSUE) if self.token.decision else None
         log.warning("login failed, retrying", retry_in=round(delay, 2))
         self._at("token", self.clock() + delay, self._relogin, why)
         return False
+
+    def _tell_static_token(self, why: str) -> None:
+        """Once: logging in again gave no new token. (A token_file that an agent rewrites does give
+        one, and then there is nothing to say.)"""
+        if self.settings.auth.method != "token" or self._static_token_told:
+            return
+        self._static_token_told = True
+        log.error("static token cannot log in again", reason=why,
+                  fix="give vaultsync a periodic token (vault token create -period=24h ...), a token_file that an "
+                      "agent keeps fresh, or auth.method = 'approle'; it stops working when this token expires")
 
     # -- services ------------------------------------------------------------------------------
 
