@@ -33,8 +33,6 @@ from vaultsync.logging import get_logger, register_secret
 
 log = get_logger()
 
-_insecure_warned = False
-
 
 # --- address and TLS files -------------------------------------------------------------------------
 
@@ -117,36 +115,44 @@ class TLSOptions:
 
 
 def tls_options(vault: VaultSettings) -> TLSOptions:
-    pool_kw: dict[str, Any] = {}
-    verify: bool | str = True
+    verify, pool_kw = _server_verification(vault)
+    if vault.tls_server_name:
+        pool_kw["server_hostname"] = vault.tls_server_name  # SNI
+        pool_kw["assert_hostname"] = vault.tls_server_name  # and the name the certificate must carry
+    return TLSOptions(verify, _client_certificate(vault), pool_kw)
+
+
+def _server_verification(vault: VaultSettings) -> tuple[bool | str, dict[str, Any]]:
+    """``verify`` for requests, and the pool's CA-folder context: a CA file wins over a folder;
+    with neither, the system's CAs."""
     if not vault.tls_verify:
-        verify = False
-    elif vault.cacert:
+        return False, {}
+    if vault.cacert:
         _require_file(vault.cacert, "CA certificate file (cacert)")
         try:
             ssl.create_default_context(cafile=vault.cacert)
         except ssl.SSLError:
             raise ConfigError(f"{vault.cacert}: the CA certificate file (cacert) holds no valid PEM certificate") from None
-        verify = vault.cacert
-    elif vault.capath:
-        pool_kw["ssl_context"] = _ca_context_from_folder(vault.capath)
-        verify = vault.capath  # requests checks it exists; the context above holds the certificates
-    cert = None
-    if vault.client_cert or vault.client_key:
-        if not (vault.client_cert and vault.client_key):
-            raise ConfigError("a client certificate needs both client_cert and client_key "
-                              "(VAULT_CLIENT_CERT and VAULT_CLIENT_KEY)")
-        _require_file(vault.client_cert, "client certificate (client_cert)")
-        _require_file(vault.client_key, "client key (client_key)")
-        try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(vault.client_cert, vault.client_key)
-        except ssl.SSLError:
-            raise ConfigError(f"{vault.client_cert}, {vault.client_key}: not a PEM certificate and its matching key") from None
-        cert = (vault.client_cert, vault.client_key)
-    if vault.tls_server_name:
-        pool_kw["server_hostname"] = vault.tls_server_name  # SNI
-        pool_kw["assert_hostname"] = vault.tls_server_name  # and the name the certificate must carry
-    return TLSOptions(verify, cert, pool_kw)
+        return vault.cacert, {}
+    if vault.capath:
+        # requests only checks that the folder exists; the context holds its certificates.
+        return vault.capath, {"ssl_context": _ca_context_from_folder(vault.capath)}
+    return True, {}
+
+
+def _client_certificate(vault: VaultSettings) -> tuple[str, str] | None:
+    if not (vault.client_cert or vault.client_key):
+        return None
+    if not (vault.client_cert and vault.client_key):
+        raise ConfigError("a client certificate needs both client_cert and client_key "
+                          "(VAULT_CLIENT_CERT and VAULT_CLIENT_KEY)")
+    _require_file(vault.client_cert, "client certificate (client_cert)")
+    _require_file(vault.client_key, "client key (client_key)")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(vault.client_cert, vault.client_key)
+    except ssl.SSLError:
+        raise ConfigError(f"{vault.client_cert}, {vault.client_key}: not a PEM certificate and its matching key") from None
+    return vault.client_cert, vault.client_key
 
 
 def configure_session(session: requests.Session, adapter: HTTPAdapter, vault: VaultSettings) -> None:
@@ -158,41 +164,36 @@ def configure_session(session: requests.Session, adapter: HTTPAdapter, vault: Va
     # urllib3 drops these keywords for http:// pools, so they only ever touch TLS connections.
     adapter.poolmanager.connection_pool_kw.update(tls.pool_kw)
     if not vault.tls_verify:
-        warn_insecure(_without_userinfo(vault.addr))
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # else one per request
+        addr = _without_userinfo(vault.addr)
+        _warn_once(f"TLS verification is OFF for {addr} (tls-skip-verify / VAULT_SKIP_VERIFY / tls_verify = false): "
+                   "not for production", "tls verification disabled", addr=addr)
     if tls.cert:
-        warn_open_key(tls.cert[1])
+        _warn_if_world_readable(tls.cert[1])
 
 
-def warn_insecure(addr: str) -> None:
-    """Once per process, on stderr and in the log: verification is off."""
-    global _insecure_warned
-    # urllib3 would otherwise warn on every single request.
-    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-    if _insecure_warned:
-        return
-    _insecure_warned = True
-    msg = f"TLS verification is OFF for {addr} (tls-skip-verify / VAULT_SKIP_VERIFY / tls_verify = false): not for production"
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
-    log.warning("tls verification disabled", addr=addr)
-
-
-_open_keys_warned: set[str] = set()
-
-
-def warn_open_key(path: str) -> None:
-    """Once per file, on stderr and in the log: every user of this host may read the client key.
-    A warning, not a refusal: the Vault CLI accepts such a key, and a Kubernetes secret volume is
-    world-readable unless its defaultMode says otherwise."""
+def _warn_if_world_readable(key: str) -> None:
+    """A warning, not a refusal: the Vault CLI accepts such a key, and a Kubernetes secret volume
+    is world-readable unless its defaultMode says otherwise."""
     try:
-        mode = os.stat(path).st_mode
+        mode = os.stat(key).st_mode & 0o777
     except OSError:
         return
-    if not mode & 0o004 or path in _open_keys_warned:
+    if mode & 0o004:
+        _warn_once(f"the client key {key} is readable by every user (mode {mode:o}): chmod 600 it",
+                   "client key readable by every user", file=key, mode=f"{mode:o}")
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str, event: str, **context: str) -> None:
+    """Once per process and message: on stderr (a person runs the command) and in the log."""
+    if message in _warned:
         return
-    _open_keys_warned.add(path)
-    print(f"warning: the client key {path} is readable by every user (mode {mode & 0o777:o}): chmod 600 it",
-          file=sys.stderr, flush=True)
-    log.warning("client key readable by every user", file=path, mode=f"{mode & 0o777:o}")
+    _warned.add(message)
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+    log.warning(event, **context)
 
 
 # --- what a failure means --------------------------------------------------------------------------
