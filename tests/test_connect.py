@@ -72,7 +72,8 @@ def test_ca_file_from_env_flag_bao_alias_and_config(vault_server, base_env, kv2,
 def test_ca_folder_from_env_flag_and_config(vault_server, base_env, kv2, env_file, tmp_path):
     folder = tmp_path / "cas"
     folder.mkdir()
-    shutil.copy(vault_server.cacert, folder / "any-name.crt")  # no OpenSSL hash links, as the Vault CLI allows
+    (folder / "private").mkdir()  # the Vault CLI walks sub-folders too
+    shutil.copy(vault_server.cacert, folder / "private" / "any-name.crt")  # no OpenSSL hash links needed
     (folder / "README").write_text("not a certificate\n")
     ok(dry_run({**base_env, "VAULT_CAPATH": str(folder)}, kv2, env_file))
     ok(dry_run(base_env, kv2, env_file, "--capath", str(folder)))

@@ -78,14 +78,15 @@ def _require_file(path: str, what: str) -> None:
 
 
 def _ca_context_from_folder(folder: str) -> ssl.SSLContext:
-    """Every PEM certificate in ``folder`` (as the Vault CLI reads VAULT_CAPATH: any file
-    name, no OpenSSL hash links needed)."""
+    """Every PEM certificate in ``folder`` and its sub-folders (as the Vault CLI walks VAULT_CAPATH:
+    any file name, no OpenSSL hash links needed). Unlike it, a file holding no certificate (a README)
+    is skipped rather than an error."""
     if not os.path.isdir(folder):
         raise ConfigError(f"{folder}: the CA folder (capath) does not exist or is not a folder")
     # A bare client context: no system roots, the Vault CLI trusts only the folder.
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     loaded = 0
-    for entry in sorted(Path(folder).iterdir()):
+    for entry in sorted(Path(folder).rglob("*")):
         if not entry.is_file():
             continue
         try:
