@@ -324,6 +324,20 @@ def test_address_with_a_path_or_query_says_what_is_wrong(vault_server, base_env,
     assert expect.format(addr=vault_server.addr) in res.stderr
 
 
+@pytest.mark.parametrize("addr,expect", [
+    ("https://[::1:8200", "is not a valid URL (check the [IPv6] brackets)"),
+    ("https://:8200", "has no valid host name"),
+    ("https://vault host:8200", "has no valid host name"),
+    ("https://[::1]:82x0", "has an invalid port"),
+    ("ftp://vault:8200", "must start with https:// or http://"),
+], ids=["ipv6-bracket", "no-host", "space", "port", "scheme"])
+def test_a_malformed_address_is_a_config_error_naming_it(base_env, kv2, env_file, addr, expect):
+    res = dry_run({**base_env, "VAULT_ADDR": addr}, kv2, env_file)
+    assert res.code == 2, res.output
+    assert f"error: server address {addr!r} {expect}" in res.stderr
+    assert "Traceback" not in res.output
+
+
 def test_a_password_in_the_address_never_reaches_a_message(vault_server, base_env, kv2, env_file):
     port = free_port()
     res = dry_run({**base_env, "VAULT_ADDR": f"https://ops:pa55w0rd-in-url@127.0.0.1:{port}"}, kv2, env_file)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import hvac.exceptions
 import requests
@@ -38,33 +39,43 @@ log = get_logger()
 
 
 def check_addr(addr: str) -> str:
-    """The server address as a base URL; a missing or unknown scheme is a config error, not
-    requests' ``InvalidSchema``."""
-    parts = urlsplit(addr.strip())
-    # user:password@ in an address (with or without a scheme): never in a log line or message
-    register_secret(urlsplit(addr.strip() if "://" in addr else f"https://{addr.strip()}").password)
+    """The server address as a base URL. What requests would refuse later with an opaque error (no
+    scheme, no host, a bad port or [IPv6] literal, a query) is a config error naming the address now."""
+    addr = addr.strip()
     shown = _without_userinfo(addr)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        hint = f" (write it as https://{shown.strip()})" if "://" not in addr else ""
-        raise ConfigError(f"server address {shown!r} must start with https:// or http://{hint}")
+    try:
+        parts = urlsplit(addr if "://" in addr else f"https://{addr}")
+    except ValueError:
+        raise ConfigError(f"server address {shown!r} is not a valid URL (check the [IPv6] brackets)") from None
+    register_secret(parts.password)  # user:password@ in an address: never in a log line or message
     try:
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:
         raise ConfigError(f"server address {shown!r} has an invalid port") from None
-    if parts.query or parts.fragment or "?" in addr or "#" in addr:
-        raise ConfigError(f"server address {shown!r} must not hold a query (?) or fragment (#)")
-    if parts.path.rstrip("/").endswith("/v1"):
-        raise ConfigError(f"server address {shown!r} must not end in /v1: vaultsync adds it "
-                          "(give the server's address, e.g. https://vault.example.com:8200)")
+    problem = _addr_problem(addr, parts)
+    if problem:
+        raise ConfigError(f"server address {shown!r} {problem}")
     # A path is kept (a reverse proxy may serve the API under a prefix), as in the Vault CLI.
-    return addr.strip().rstrip("/")
+    return addr.rstrip("/")
+
+
+def _addr_problem(addr: str, parts: SplitResult) -> str | None:
+    if "://" not in addr:
+        return f"must start with https:// or http:// (write it as https://{_without_userinfo(addr)})"
+    if parts.scheme not in ("http", "https"):
+        return "must start with https:// or http://"
+    if not parts.hostname or any(c.isspace() for c in parts.hostname):
+        return "has no valid host name"
+    if parts.query or parts.fragment or "?" in addr or "#" in addr:
+        return "must not hold a query (?) or fragment (#)"
+    if parts.path.rstrip("/").endswith("/v1"):
+        return "must not end in /v1: vaultsync adds it (give the server's address, e.g. https://vault.example.com:8200)"
+    return None
 
 
 def _without_userinfo(url: str) -> str:
     """``url`` without ``user:password@``: a password in an address must not reach a message."""
-    parts = urlsplit(url.strip())
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=host).geturl() if parts.netloc else url
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#@]*@", r"\1", url.strip())
 
 
 def _require_file(path: str, what: str) -> None:
