@@ -402,16 +402,35 @@ def token_with_source(vault: VaultSettings) -> tuple[str | None, str]:
     """The token and where it came from, in the Vault CLI's order: ``VAULT_TOKEN``/``BAO_TOKEN``,
     then ``vault.token_file``, then ``~/.vault-token`` (what ``vault login`` writes)."""
     if vault.token:
-        return vault.token, "environment (VAULT_TOKEN/BAO_TOKEN)"
+        return _clean_token(vault.token, "VAULT_TOKEN (or BAO_TOKEN)"), "environment (VAULT_TOKEN/BAO_TOKEN)"
     if vault.token_file:
-        try:
-            return Path(vault.token_file).read_text(encoding="utf-8").strip() or None, f"token_file {vault.token_file}"
-        except OSError as exc:
-            raise ConfigError(f"{vault.token_file}: cannot read token file: {exc.strerror}") from None
-    helper = Path.home() / ".vault-token"
-    try:
-        return helper.read_text(encoding="utf-8").strip() or None, str(helper)
-    except FileNotFoundError:
+        token = _read_token_file(Path(vault.token_file))
+        if token is None:
+            raise ConfigError(f"{vault.token_file}: the token file (vault.token_file) is empty")
+        return token, f"token_file {vault.token_file}"
+    helper = Path.home() / ".vault-token"  # as the Vault CLI: absent or empty means no token
+    if not helper.exists():
         return None, "none"
+    return _read_token_file(helper), str(helper)
+
+
+def _read_token_file(path: Path) -> str | None:
+    """The token in ``path`` (surrounding whitespace and line ends dropped); None if it is empty."""
+    try:
+        raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"{helper}: cannot read token file: {exc.strerror}") from None
+        raise ConfigError(f"{path}: cannot read the token file: {exc.strerror}") from None
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the token file holds bytes no token has (binary, a BOM, or not ASCII)") from None
+    return _clean_token(text, str(path)) or None
+
+
+def _clean_token(token: str, where: str) -> str:
+    """``token`` without surrounding whitespace; one inside (two lines, a space) is an error naming
+    ``where`` and never the value: sent as a header it would fail with an opaque message."""
+    token = token.strip()
+    if any(c.isspace() or not c.isprintable() or not c.isascii() for c in token):
+        raise ConfigError(f"{where}: the token holds spaces, line breaks or other characters no token has")
+    return token

@@ -131,7 +131,10 @@ class Daemon:
         self.clock = clock
         self.rng = rng or random.SystemRandom()
         self.holder = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.client = make_client(settings.vault, pool_size=8, adapter=self.metrics.counting_adapter(8))
+        # An AppRole daemon starts without a token: a VAULT_TOKEN or `vault login` token on the host
+        # is someone else's and must not ride along with its login or its unwrap.
+        self.client = make_client(settings.vault, pool_size=8, adapter=self.metrics.counting_adapter(8),
+                                  token="" if settings.auth.method == "approle" else None)
         self.kv: KV | None = None
         self.token = TokenInfo()
         self.services: dict[str, ServiceState] = {}
@@ -142,6 +145,7 @@ class Daemon:
         self._secret_id: str | None = None  # kept for logins after max TTL (its file may be gone)
         self._secret_id_stat: tuple[int, int] | None = None  # (inode, mtime) of the file it came from
         self._static_token_told = False  # said once that a static token cannot log in again
+        self.login_error: str | None = None  # why the last login failed (for `vaultsync render`'s message)
         self._login_gen = 0  # bumped by every login that yields a different token
         self.scheduler = BackgroundScheduler(
             executors={"default": APThreadPool(8)},
@@ -262,11 +266,13 @@ class Daemon:
         except auth.SecurityError as exc:
             self.metrics.logins.labels(method, "failure").inc()
             log.error("login refused: security", error=str(exc))
+            self.login_error = str(exc)
             return False
         except Exception as exc:  # noqa: BLE001
             err = exc if isinstance(exc, VaultsyncError) else describe(exc, f"{method} login")
             self.metrics.logins.labels(method, "failure").inc()
             log.warning("login failed", method=method, error=str(err))
+            self.login_error = str(err)
             current = _file_id(s.auth.secret_id_file)
             if method == "approle" and current is not None and current != self._secret_id_stat:
                 self._secret_id = None  # new credentials were delivered since we read ours: use them next time
@@ -328,15 +334,10 @@ class Daemon:
 
     def _relogin(self, why: str) -> bool:
         log.info("logging in again", reason=why)
-        if self.settings.auth.method == "token" and not self._static_token_told:
-            # A static token cannot be replaced by logging in: say so once, not on every attempt.
-            self._static_token_told = True
-            log.error("static token cannot log in again", reason=why,
-                      fix="give vaultsync a periodic token (vault token create -period=24h ...) "
-                          "or use auth.method = 'approle'; it stops working when this token expires")
         gen = self._login_gen
         if self._login():
             if self._login_gen == gen:
+                self._tell_static_token(why)
                 return True  # the same token again (token method): its leases stay valid
             # Leases die with the token that created them: re-issue every dynamic secret under
             # the new token now (the old ones are revoked after the grace period or with the old token).
@@ -344,12 +345,23 @@ class Daemon:
                 for name in list(svc.leases):
                     self._at(f"lease:{svc.settings.name}:{name}", self.clock(), self._reissue, svc.settings.name, name)
             return True
+        self._tell_static_token(why)
         self.token.attempt += 1
         delay = leases.backoff_delay(self.token.attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
         self.token.decision = replace(self.token.decision, action=leases.Action.REISSUE) if self.token.decision else None
         log.warning("login failed, retrying", retry_in=round(delay, 2))
         self._at("token", self.clock() + delay, self._relogin, why)
         return False
+
+    def _tell_static_token(self, why: str) -> None:
+        """Once: logging in again gave no new token. (A token_file that an agent rewrites does give
+        one, and then there is nothing to say.)"""
+        if self.settings.auth.method != "token" or self._static_token_told:
+            return
+        self._static_token_told = True
+        log.error("static token cannot log in again", reason=why,
+                  fix="give vaultsync a periodic token (vault token create -period=24h ...), a token_file that an "
+                      "agent keeps fresh, or auth.method = 'approle'; it stops working when this token expires")
 
     # -- services ------------------------------------------------------------------------------
 
@@ -766,7 +778,7 @@ def render_once(settings: Settings, errors: dict[str, str] | None = None) -> dic
     Dynamic secrets are issued fresh each run (their leases are left to expire)."""
     d = Daemon(settings, serve_http=False)
     if not d._login():
-        raise VaultError("login failed (see the log for why)")
+        raise VaultError(f"login failed: {d.login_error}")
     d.kv = KV(d.client, settings.kv.mount, settings.kv.version or detect_kv_version(d.client, settings.kv.mount))
     d._stop.set()  # no scheduler: nothing gets scheduled
     results: dict[str, dict[str, str]] = {}
