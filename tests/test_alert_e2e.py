@@ -16,11 +16,13 @@ def test_lease_expiring_alert_fires_through_prometheus(kv2, root, vault_server, 
     long = database_engine(root, postgres_server, default_ttl="1h", max_ttl="2h")
     cfg = config(tmp_path, kv2, f"""
 [services.api]
+optional = true  # leases only, no KV secret
 dynamic = {{ db = "{short}/creds/api" }}
 [[services.api.destinations]]
 path = "api.env"
 
 [services.billing]
+optional = true  # leases only, no KV secret
 dynamic = {{ db = "{long}/creds/api" }}
 [[services.billing.destinations]]
 path = "billing.env"
