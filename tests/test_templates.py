@@ -105,3 +105,8 @@ def test_names_the_template_spells_are_shown():
 def test_a_template_cannot_build_a_huge_result(source):
     with pytest.raises(FormatError, match=rf"template {TPL}:1: "):
         tpl(source, {"A": "x"})
+
+
+def test_include_of_another_file_is_not_the_template_itself():
+    with pytest.raises(FormatError, match=rf"template {TPL}:1: TemplateNotFound"):
+        tpl('{% include "header.j2" %}', {"A": "x"})

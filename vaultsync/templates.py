@@ -82,8 +82,9 @@ class _Sandbox(SandboxedEnvironment):
 
 def _environment(name: str, source: str) -> SandboxedEnvironment:
     env = _Sandbox(
-        # filename = name, so Jinja's rewritten traceback frames carry the template's name and line
-        loader=FunctionLoader(lambda _n: (source, name, lambda: True)),
+        # filename = name, so Jinja's rewritten traceback frames carry the template's name and line;
+        # no other name loads (an {% include %} of any name used to include the template itself, endlessly)
+        loader=FunctionLoader(lambda n: (source, name, lambda: True) if n == name else None),
         undefined=StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
