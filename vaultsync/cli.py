@@ -183,7 +183,8 @@ def export_cmd(state: State, secret_path: str, style: str, out_file: str | None,
                mount: str | None, kv_version: int | None) -> None:
     """Write the secret at PATH (under the mount, e.g. compose/web) as an env file: the inverse of migrate.
 
-    Exit codes: 0 done, 1 no such secret or server error, 2 a key or value the style cannot carry."""
+    Exit codes: 0 done, 1 no such secret, a server or write error, 2 a key or value the style cannot carry
+    (or --out exists without --force)."""
     from vaultsync import export, render
     from vaultsync.vault import KV, detect_kv_version, make_client
 
