@@ -493,7 +493,7 @@ def test_approle_login_ignores_a_personal_token_in_vault_token_and_home(kv2, roo
     res = run_cli("--config", str(cfg), "render", env=env, cwd=tmp_path)
     assert res.code == 0, res.output
     assert "security" not in res.stderr
-    assert (tmp_path / "web.env").read_text() == "A='1'\n"
+    assert (tmp_path / "web.env").read_text() == HEADER + "A='1'\n"
 
 
 # --- the daemon with a static token ---------------------------------------------------------------------
@@ -542,7 +542,7 @@ def test_daemon_with_a_token_file_an_agent_rewrites_logs_in_with_the_new_token_w
         token_file.write_text(daemon_token(root, kv_mount=kv2, ttl="1h") + "\n")
         wait_for(lambda: d.count("logged in") >= 2, 30, "a login with the rewritten token file")
         root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"A": "2"}, mount_point=kv2)
-        wait_for(lambda: (work / "web.env").read_text() == "A='2'\n", 30, "a change read with the new token")
+        wait_for(lambda: (work / "web.env").read_text() == HEADER + "A='2'\n", 30, "a change read with the new token")
         assert d.count("static token cannot log in again") == 0
     finally:
         d.stop()
