@@ -18,6 +18,7 @@ import os
 import random
 import resource
 import signal
+import stat
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import hvac
@@ -32,9 +34,10 @@ import hvac.exceptions
 from apscheduler.executors.pool import ThreadPoolExecutor as APThreadPool
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from vaultsync import __version__, auth, config, formats, leases, render, rotation, tracing
+from vaultsync import __version__, auth, config, formats, leases, leasestate, recovery, render, rotation, tracing
 from vaultsync.config import Destination, ServiceSettings, Settings
-from vaultsync.errors import VaultError, VaultsyncError
+from vaultsync.errors import ConfigError, VaultError, VaultsyncError
+from vaultsync.hookrunner import HookRunner
 from vaultsync.logging import forget_secret, get_logger, register_secret
 from vaultsync.metrics import HealthServer, Metrics
 from vaultsync.vault import KV, describe, detect_kv_version, make_client
@@ -42,6 +45,12 @@ from vaultsync.vault import KV, describe, detect_kv_version, make_client
 log = get_logger("vaultsync.daemon")
 
 BACKOFF_BASE, BACKOFF_CAP = 1.0, 300.0
+HOOK_WORKERS = 4
+#: Jobs that keep credentials alive run on their own threads: polls, renders and rotations
+#: (which may wait on a slow server or a big file) can never delay them.
+LIFETIME_JOBS = frozenset({"token", "lease", "recover", "probe", "token-check"})
+DEAD_TOKEN_LOG_EVERY = 60.0  # a dead plain token is logged as an error once a minute at most
+TOKEN_CHECK_EVERY = 5.0  # 403s trigger a token lookup at most this often
 
 
 # --- state ---------------------------------------------------------------------------
@@ -80,6 +89,7 @@ class ServiceState:
     kv_version: int = 0
     kv_loaded: bool = False  # a read succeeded (the secret may still be absent)
     kv_attempt: int = 0
+    kv_missing: int = 0  # consecutive reads that found the secret deleted or never written
     issue_attempts: dict[str, int] = field(default_factory=dict)  # consecutive failed reads per dynamic secret
     leases: dict[str, Lease] = field(default_factory=dict)
     destinations: dict[str, DestinationState] = field(default_factory=dict)
@@ -93,7 +103,8 @@ class TokenInfo:
     granted: float = 0.0  # the TTL the last login/renewal returned
     decision: leases.RenewalDecision | None = None
     last_renewal: float | None = None
-    attempt: int = 0
+    attempt: int = 0  # consecutive failed renewals
+    login_attempt: int = 0  # consecutive failed logins (a separate count: see issue 11)
 
 
 def service_values(svc: ServiceState) -> dict[str, str]:
@@ -130,7 +141,9 @@ class Daemon:
         self.clock = clock
         self.rng = rng or random.SystemRandom()
         self.holder = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.client = make_client(settings.vault, pool_size=8, adapter=self.metrics.counting_adapter(8))
+        self.reachability = recovery.Reachability()
+        self.client = make_client(settings.vault, pool_size=12,
+                                  adapter=self.metrics.counting_adapter(12, on_result=self._on_http_result))
         self.kv: KV | None = None
         self.token = TokenInfo()
         self.services: dict[str, ServiceState] = {}
@@ -141,8 +154,15 @@ class Daemon:
         self._secret_id: str | None = None  # kept for logins after max TTL (its file may be gone)
         self._secret_id_stat: tuple[int, int] | None = None  # (inode, mtime) of the file it came from
         self._login_gen = 0  # bumped by every login that yields a different token
+        self.token_problem: str | None = None  # why the token is unusable (plain token rejected), or None
+        self._dead_token_log = recovery.Throttle(DEAD_TOKEN_LOG_EVERY)
+        self._token_checks = recovery.Throttle(TOKEN_CHECK_EVERY)
+        self._crashes = recovery.CrashBackoff(BACKOFF_BASE, BACKOFF_CAP)
+        self.hooks = HookRunner(HOOK_WORKERS)
+        self._held: set[str] = set()  # lease ids alive (recorded for revoke_on_start)
+        self._held_lock = threading.Lock()
         self.scheduler = BackgroundScheduler(
-            executors={"default": APThreadPool(8)},
+            executors={"default": APThreadPool(8), "lifetimes": APThreadPool(4)},
             job_defaults={"coalesce": True, "max_instances": 2, "misfire_grace_time": None},
             timezone=timezone.utc,
         )
@@ -158,16 +178,27 @@ class Daemon:
         and APScheduler drops (not delays) a one-off run over the limit."""
         if self._stop.is_set():
             return
-        run_date = datetime.fromtimestamp(max(when, self.clock()), tz=timezone.utc)
-        self.scheduler.add_job(self._guard(job_id, fn), "date", run_date=run_date, id=job_id, replace_existing=True,
-                               args=args, max_instances=instances)
+        due = max(when, self.clock())
+        run_date = datetime.fromtimestamp(due, tz=timezone.utc)
+        kind = job_id.split(":", 1)[0]
+        self.scheduler.add_job(self._guard(job_id, fn, due), "date", run_date=run_date, id=job_id, replace_existing=True,
+                               args=args, max_instances=instances,
+                               executor="lifetimes" if kind in LIFETIME_JOBS else "default")
 
-    def _guard(self, job_id: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def _guard(self, job_id: str, fn: Callable[..., Any], due: float) -> Callable[..., Any]:
+        kind = job_id.split(":", 1)[0]
+
         def run(*args: Any) -> None:
+            self.metrics.job_lateness.labels(kind).observe(max(0.0, self.clock() - due))
             try:
                 fn(*args)
             except Exception:  # noqa: BLE001 - a job must never die silently or kill the scheduler
-                log.exception("job crashed", job=job_id)
+                delay = self._crashes.crashed(job_id, self.rng)
+                self.metrics.job_crashes.labels(kind).inc()
+                log.exception("job crashed, running it again later", job=job_id, retry_in=round(delay, 2))
+                self._at(job_id, self.clock() + delay, fn, *args)
+            else:
+                self._crashes.succeeded(job_id)
 
         return run
 
@@ -194,22 +225,71 @@ class Daemon:
         self.metrics.vault_up.set(0)
         attempt = 0
         while not self._stop.is_set():
-            if self._login():
+            if self._connect():
                 break
             delay = leases.backoff_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
             attempt += 1
-            log.warning("login failed, retrying", retry_in=round(delay, 2))
+            log.warning("start-up failed, retrying", retry_in=round(delay, 2))
             self._stop.wait(delay)
         if self._stop.is_set():
             return
-        s = self.settings
-        self.kv = KV(self.client, s.kv.mount, s.kv.version or detect_kv_version(self.client, s.kv.mount))
         self.scheduler.start()
+        if self.settings.daemon.revoke_on_start:
+            self._revoke_previous_run()
         # Services are independent: read and render them in parallel (same pool size as the scheduler).
+        # Hooks run on their own pool: start-up does not wait for them.
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(self._add_service, self.settings.services.values()))
+            list(pool.map(self._add_service_safely, self.settings.services.values()))
         self._started.set()
         log.info("daemon started", services=len(self.services), version=__version__)
+
+    def _connect(self) -> bool:
+        """Log in and find the KV version; False on a failure worth retrying (a 503 from a
+        server still starting, a timeout). Configuration errors still end the daemon."""
+        if self.token.state is None and not self._login():
+            return False
+        s = self.settings
+        try:
+            self.kv = KV(self.client, s.kv.mount, s.kv.version or detect_kv_version(self.client, s.kv.mount))
+        except ConfigError:
+            raise
+        except VaultError as exc:
+            log.warning("kv mount lookup failed", mount=s.kv.mount, error=str(exc))
+            return False
+        return True
+
+    def _lease_file(self) -> Path:
+        d = self.settings.daemon
+        return Path(d.state_file) if d.state_file else leasestate.default_path(self.config_path)
+
+    def _revoke_previous_run(self) -> None:
+        """Revoke the leases the previous run recorded (a SIGKILLed daemon could not)."""
+        path = self._lease_file()
+        ids = leasestate.load(path)
+        with self._held_lock:
+            self._held.update(ids)  # until each revoke succeeds: a failed one is tried again next start
+        for lease_id in ids:
+            self._revoke(lease_id, "-", "previous run")
+        if ids:
+            log.info("leases of the previous run revoked", count=len(ids))
+
+    def _hold(self, lease_id: str, alive: bool) -> None:
+        if not lease_id or not self.settings.daemon.revoke_on_start:
+            return
+        with self._held_lock:
+            (self._held.add if alive else self._held.discard)(lease_id)
+            try:
+                leasestate.save(self._lease_file(), self._held)
+            except OSError as exc:
+                log.warning("cannot record lease ids", error=f"{self._lease_file()}: {exc.strerror}")
+
+    def _add_service_safely(self, svc: ServiceSettings) -> None:
+        try:
+            self._add_service(svc)
+        except Exception:  # noqa: BLE001 - one service's fault must not stop the others or the daemon
+            log.exception("service could not be started; retrying", service=svc.name)
+            self._at(f"kv:{svc.name}", self.clock() + self._crashes.crashed(f"add:{svc.name}", self.rng),
+                     self._kv_job, svc.name)
 
     def run_forever(self) -> int:
         """Main thread: signals in, stop on SIGTERM/SIGINT, reload on SIGHUP."""
@@ -221,7 +301,10 @@ class Daemon:
             self._stop.wait(0.5)
             if self._reload.is_set():
                 self._reload.clear()
-                self.reload()
+                try:
+                    self.reload()
+                except Exception:  # noqa: BLE001 - a bad reload must never end the running daemon
+                    log.exception("reload failed, keeping the running config")
         self.shutdown()
         return 0
 
@@ -233,6 +316,7 @@ class Daemon:
         self._stop.set()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        self.hooks.shutdown()
         if self.settings.daemon.revoke_on_exit:
             for svc in list(self.services.values()):
                 for lease in list(svc.leases.values()):
@@ -264,7 +348,11 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001
             err = exc if isinstance(exc, VaultsyncError) else describe(exc, f"{method} login")
             self.metrics.logins.labels(method, "failure").inc()
-            log.warning("login failed", method=method, error=str(err))
+            if self.token_problem is None:
+                log.warning("login failed", method=method, error=str(err))
+            elif self._dead_token_log.allow(self.clock()):  # loud, but once a minute
+                log.error("token rejected by the server: not ready until a valid token is given",
+                          method=method, reason=self.token_problem, error=str(err))
             current = _file_id(s.auth.secret_id_file)
             if method == "approle" and current is not None and current != self._secret_id_stat:
                 self._secret_id = None  # new credentials were delivered since we read ours: use them next time
@@ -273,6 +361,10 @@ class Daemon:
         now = self.clock()
         if self.token.state is None or self.token.state.accessor != state.accessor:
             self._login_gen += 1
+        if self.token_problem is not None:
+            log.info("token accepted again", method=method)
+            self.token_problem = None
+            self._dead_token_log.reset()
         with self._lock:
             self.token = TokenInfo(state=state, expires_at=now + state.ttl if state.ttl else None, granted=state.ttl)
             self.token.decision = leases.plan_new_lease(state.ttl, renewable=state.renewable, now=now, rng=self.rng)
@@ -300,8 +392,8 @@ class Daemon:
             new = auth.renew_self(self.client, increment=state.ttl or None)
         except VaultError as exc:
             self.metrics.renewals.labels("token", "failure").inc()
-            if "permission denied" in str(exc) or "invalid token" in str(exc):
-                self._relogin("token rejected")
+            if recovery.token_verdict(str(exc)) == "dead":
+                self._token_dead("token rejected on renewal")
                 return
             self.token.attempt += 1
             delay = self._retry_delay(self.token.attempt, self.token.expires_at)
@@ -325,31 +417,125 @@ class Daemon:
         self._schedule_token()
 
     def _relogin(self, why: str) -> bool:
-        log.info("logging in again", reason=why)
+        if self.token_problem is None:
+            log.info("logging in again", reason=why)
         gen = self._login_gen
+        troubled = self.token.login_attempt > 0 or self.token_problem is not None
         if self._login():
-            if self._login_gen == gen:
-                return True  # the same token again (token method): its leases stay valid
-            # Leases die with the token that created them: re-issue every dynamic secret under
-            # the new token now (the old ones are revoked after the grace period or with the old token).
-            for svc in list(self.services.values()):
-                for name in list(svc.leases):
-                    self._at(f"lease:{svc.settings.name}:{name}", self.clock(), self._reissue, svc.settings.name, name)
+            if self._login_gen != gen:
+                # Leases die with the token that created them: re-issue every dynamic secret under
+                # the new token now (the old ones are revoked after the grace period or with the old token).
+                for svc in list(self.services.values()):
+                    for name in list(svc.leases):
+                        self._at(f"lease:{svc.settings.name}:{name}", self.clock(), self._reissue, svc.settings.name, name)
+            if troubled or self._login_gen != gen:
+                self._kick_all()  # polls backed off behind the dead token run now
             return True
-        self.token.attempt += 1
-        delay = leases.backoff_delay(self.token.attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
+        # Logins count their own failures: a backoff carried over from failed renewals put the
+        # re-login minutes after the server came back.
+        attempt = self.token.login_attempt
+        self.token.login_attempt += 1
+        delay = leases.backoff_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
         self.token.decision = replace(self.token.decision, action=leases.Action.REISSUE) if self.token.decision else None
-        log.warning("login failed, retrying", retry_in=round(delay, 2))
+        if self.token_problem is None:
+            log.warning("login failed, retrying", retry_in=round(delay, 2))
         self._at("token", self.clock() + delay, self._relogin, why)
         return False
+
+    # -- recovery: one path for outages, hangs, unseals and rejected tokens --------------------
+
+    def _on_http_result(self, status: int | None) -> None:
+        """Every response passes here (from the request's thread): schedule, never act inline."""
+        edge = self.reachability.observe(status)
+        if edge == "down":
+            log.warning("server not answering; probing it until it does")
+            self._at("probe", self.clock() + recovery.PROBE_CAP * self.rng.uniform(0.5, 1.0), self._probe, 1)
+        elif edge == "back":
+            self._at("recover", self.clock(), self._server_back)
+        elif status == 403 and self.token.state is not None and self._token_checks.allow(self.clock()):
+            self._at("token-check", self.clock(), self._check_token)
+
+    def _probe(self, attempt: int) -> None:
+        """While the server is down: one cheap unauthenticated request, capped at a few
+        seconds apart, so that recovery starts soon after it answers (its answer, through
+        :meth:`_on_http_result`, is what triggers the recovery)."""
+        if self.reachability.up:
+            return
+        try:
+            self.client.adapter.request("GET", "/v1/sys/health", raise_exception=False)
+        except Exception:  # noqa: BLE001 - no answer: probe again
+            pass
+        if self.reachability.up:
+            return
+        delay = leases.backoff_delay(attempt, 0.5, recovery.PROBE_CAP, rng=self.rng)
+        self._at("probe", self.clock() + delay, self._probe, attempt + 1)
+
+    def _server_back(self) -> None:
+        log.info("server answering again: resetting backoffs, checking the token, polling now")
+        if self.token.state is None:
+            return  # still starting: start() logs in itself
+        if self._check_token():
+            self._kick_all()
+
+    def _check_token(self) -> bool:
+        """Look the token up; a token the server rejects is logged in again (AppRole) or put in
+        a loud not-ready state (plain token). True when the token is usable now."""
+        if self.token.state is None:
+            return False
+        try:
+            auth.lookup_self(self.client)
+        except VaultError as exc:
+            if recovery.token_verdict(str(exc)) != "dead":
+                return False  # no answer: the probe will bring us back here
+            return self._token_dead("token rejected by the server (revoked or expired)")
+        return True
+
+    def _token_dead(self, why: str) -> bool:
+        """The server refused our token. AppRole: log in again now. A plain token cannot be
+        replaced by us: report it (not ready, /status says why) and keep trying to read a
+        new one (a rewritten token file is picked up), quietly."""
+        if self.settings.auth.method == "token" and self.token_problem is None:
+            self.token_problem = why
+            if self._dead_token_log.allow(self.clock()):
+                log.error("token rejected by the server: not ready until a valid token is given", reason=why)
+        return self._relogin(why)
+
+    def _kick_all(self) -> None:
+        """After an outage or a new token: forget every backoff and run what was waiting now."""
+        now = self.clock()
+        if self.token.login_attempt:
+            self._at("token", now, self._relogin, "server back")
+        elif self.token.attempt:
+            self._at("token", now, self._token_job)
+        self.token.attempt = self.token.login_attempt = 0
+        for name, st in list(self.services.items()):
+            st.kv_attempt = 0
+            self._at(f"kv:{name}", now, self._kv_job, name)
+            failed = set(st.issue_attempts)
+            st.issue_attempts.clear()
+            for lname in st.settings.dynamic:
+                lease = st.leases.get(lname)
+                if lname in failed or (lease is not None and (lease.attempt or (lease.ttl and lease.expires_at <= now))):
+                    if lease is not None:
+                        lease.attempt = 0
+                    self._at(f"lease:{name}:{lname}", now, self._reissue, name, lname)
 
     # -- services ------------------------------------------------------------------------------
 
     def _add_service(self, svc: ServiceSettings) -> None:
         st = ServiceState(settings=svc)
         for dest in svc.destinations:
-            render.remove_stale_temp_files(dest.path)
-            st.destinations[dest.path] = DestinationState(window=render.WaitWindow(dest.wait_min, max(dest.wait_max, dest.wait_min)) if dest.wait_min else None)
+            ds = st.destinations[dest.path] = DestinationState(
+                window=render.WaitWindow(dest.wait_min, max(dest.wait_max, dest.wait_min)) if dest.wait_min else None)
+            problem = destination_problem(dest.path)
+            try:
+                if problem is None:
+                    render.remove_stale_temp_files(dest.path)
+            except OSError as exc:
+                problem = f"{dest.path}: {exc.strerror}"
+            if problem:  # this destination fails (and says why); the others, and the daemon, go on
+                ds.last_result, ds.error = "failure", problem
+                log.error("destination cannot be written", service=svc.name, destination=dest.name, error=problem)
         with self._lock:
             self.services[svc.name] = st
         self._kv_job(svc.name, initial=True)
@@ -394,6 +580,12 @@ class Daemon:
         recovering = st.kv_attempt > 0
         st.kv_attempt = 0
         interval = self.settings.daemon.poll_interval
+        if secret.data is None and not _renders_without_kv(st.settings):
+            self._source_missing(service, st, secret.version)
+            return
+        if st.kv_missing:
+            log.warning("kv secret is back", service=service, version=secret.version)
+            st.kv_missing = 0
         self._at(f"kv:{service}", self.clock() + interval * self.rng.uniform(0.9, 1.0), self._kv_job, service)
         with st.lock:
             changed = secret.data != st.kv_data or (secret.version and secret.version != st.kv_version)
@@ -405,13 +597,30 @@ class Daemon:
             first_load, st.kv_loaded = not st.kv_loaded, True
         if secret.version:
             self.metrics.secret_version.labels(service, "kv").set(secret.version)
-        if secret.data is None and initial:
-            log.warning("kv secret not found", service=service, path=f"{self.kv.mount}/{st.settings.kv_path}")
         if (changed or recovering or first_load) and not initial:
             log.info("kv secret changed", service=service, version=secret.version)
             self._render_all(service, reason="kv changed" if changed else "server back")
         elif not initial:
             self._verify_all(service)
+
+    def _source_missing(self, service: str, st: ServiceState, version: int) -> None:
+        """The KV secret was deleted, destroyed, or never written: keep the last good files, run
+        no hook, say so, count it, and look again (backed off) until it is back. A service that
+        wants the old behaviour (render without the KV keys) sets ``on_delete = "empty"``."""
+        assert self.kv is not None
+        delay = recovery.missing_source_delay(st.kv_missing, self.settings.daemon.poll_interval, self.rng)
+        first = st.kv_missing == 0
+        st.kv_missing += 1
+        self._at(f"kv:{service}", self.clock() + delay, self._kv_job, service)
+        where = f"{self.kv.mount}/{st.settings.kv_path}"
+        why = "deleted" if version or st.kv_loaded else "not found"
+        if first or st.kv_missing % 10 == 0:
+            log.warning("kv secret missing: keeping the last rendered files", service=service, path=where,
+                        state=why, version=version or None, retry_in=round(delay, 2))
+        for dest in st.settings.destinations:
+            ds = st.destinations[dest.path]
+            ds.last_result, ds.error = "source_missing", f"kv secret {where} is {why}; the last file is kept"
+            self.metrics.renders.labels(service, dest.name, "source_missing").inc()
 
     # -- dynamic secrets and their leases -----------------------------------------------------
 
@@ -455,6 +664,7 @@ class Daemon:
         with st.lock:
             old = st.leases.get(name)
             st.leases[name] = lease
+        self._hold(lease_id, True)
         self.metrics.lease_expiry.labels(service, name).set(lease.expires_at if ttl else 0)
         log.info("dynamic secret issued", service=service, secret=name, ttl=ttl, renewable=lease.renewable)
         self._schedule_lease(lease)  # before rendering: nothing a render does can drop the lease
@@ -467,6 +677,7 @@ class Daemon:
                 self._at(f"revoke:{service}:{name}:{uuid.uuid4().hex[:8]}", revoke_at, self._revoke, old.lease_id, service, name, old.data)
             else:
                 self._forget_values(old.data)
+                self._hold(old.lease_id, False)
         return True
 
     def _reissue(self, service: str, name: str) -> None:
@@ -499,7 +710,8 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001
             self.metrics.renewals.labels("lease", "failure").inc()
             err = describe(exc, f"renew lease of {service}/{name}")
-            if isinstance(exc, (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden)):
+            if isinstance(exc, (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden)) or recovery.lease_gone(str(err)):
+                # Revoked (revoke-prefix), expired, or our token lost it: the credentials are dead, get new ones now.
                 log.warning("lease cannot be renewed, re-issuing", service=service, secret=name, error=str(err))
                 self._issue(service, name)
                 return
@@ -532,6 +744,7 @@ class Daemon:
         try:
             self.client.sys.revoke_lease(lease_id=lease_id)
             log.info("old lease revoked", service=service, secret=name)
+            self._hold(lease_id, False)
         except Exception as exc:  # noqa: BLE001
             log.warning("lease revoke failed", service=service, secret=name, error=str(describe(exc, "revoke lease")))
         if data:
@@ -597,7 +810,9 @@ class Daemon:
         self.metrics.last_render_success.labels(service, dest.name).set(now)
         if outcome.result == "success":
             log.info("rendered", service=service, destination=dest.name, reason=reason)
-            self._run_hook(service, dest)
+            if dest.command or dest.pidfile:
+                # On the hooks' own pool: a slow hook never holds a renewal, a login or a poll.
+                self.hooks.submit((service, dest.path), lambda: self._run_hook(service, dest))
 
     def _run_hook(self, service: str, dest: Destination) -> None:
         try:
@@ -652,6 +867,10 @@ class Daemon:
         except VaultsyncError as exc:
             log.error("reload failed, keeping the running config", error=str(exc))
             return
+        problems = [p for svc in new.services.values() for d in svc.destinations if (p := destination_problem(d.path))]
+        if problems:
+            log.error("reload refused, keeping the running config", error=problems[0], problems=len(problems))
+            return
         old = self.settings
         if (new.vault, new.auth, new.kv) != (old.vault, old.auth, old.kv):
             log.warning("reload: vault/auth/kv settings changed; restart the daemon to apply them")
@@ -673,7 +892,7 @@ class Daemon:
     # -- health and status ---------------------------------------------------------------------
 
     def ready(self) -> bool:
-        if self.token.state is None or not self._started.is_set():
+        if self.token.state is None or self.token_problem is not None or not self._started.is_set():
             return False
         return all(ds.last_success is not None for st in list(self.services.values()) for ds in st.destinations.values())
 
@@ -685,7 +904,8 @@ class Daemon:
             "ready": self.ready(),
             "token": {
                 "method": self.settings.auth.method,
-                "authenticated": tok.state is not None,
+                "authenticated": tok.state is not None and self.token_problem is None,
+                "error": self.token_problem,
                 "expires_at": tok.expires_at,
                 "time_left": None if tok.expires_at is None else round(tok.expires_at - now, 1),
                 "last_renewal": tok.last_renewal,
@@ -694,7 +914,8 @@ class Daemon:
         }
         for name, st in sorted(list(self.services.items())):
             out["services"][name] = {
-                "kv": {"path": st.settings.kv_path, "version": st.kv_version, "found": st.kv_data is not None},
+                "kv": {"path": st.settings.kv_path, "version": st.kv_version, "found": st.kv_data is not None,
+                       "missing": st.kv_missing > 0},
                 "leases": {
                     ln: {"expires_at": ls.expires_at, "time_left": round(ls.expires_at - now, 1), "renewable": ls.renewable,
                          "last_renewal": ls.last_renewal, "next": ls.decision.action.value}
@@ -707,6 +928,32 @@ class Daemon:
                 },
             }
         return out
+
+
+def _renders_without_kv(svc: ServiceSettings) -> bool:
+    """A service renders without its KV keys when its secret is absent only if asked to
+    (``on_delete = "empty"``, or a KV source marked optional)."""
+    return getattr(svc, "on_delete", "keep") == "empty" or bool(getattr(svc, "optional", False))
+
+
+def destination_problem(path: str) -> str | None:
+    """Why ``path`` can never be written (a parent is a regular file...), or None. Checked
+    before a reload is applied, and per destination at start-up (an error there, not a crash)."""
+    current = os.path.dirname(os.path.abspath(path))
+    while True:
+        try:
+            st = os.stat(current)
+        except FileNotFoundError:
+            parent = os.path.dirname(current)
+            if parent == current:
+                return None
+            current = parent
+            continue
+        except OSError as exc:
+            return f"{path}: cannot use folder {current}: {exc.strerror}"
+        if not stat.S_ISDIR(st.st_mode):
+            return f"{path}: {current} is not a folder"
+        return None
 
 
 def _file_id(path: str | None) -> tuple[int, int] | None:
@@ -770,4 +1017,6 @@ def render_once(settings: Settings) -> dict[str, dict[str, str]]:
                 d._render_one(svc.name, dest.path, "render command")
                 tracing.set_attributes(sp, result=st.destinations[dest.path].last_result)
         results[svc.name] = {dest.path: st.destinations[dest.path].last_result for dest in svc.destinations}
+    d.hooks.drain()  # a one-shot run ends after the hooks of the files it changed
+    d.hooks.shutdown()
     return results
