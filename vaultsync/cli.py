@@ -338,6 +338,8 @@ def status(state: State, metrics_addr: str | None, output: str) -> None:
     tok = doc["token"]
     left = "never expires" if tok["time_left"] is None else f"{tok['time_left']:.0f}s left"
     click.echo(f"ready: {doc['ready']}   token ({tok['method']}): {'authenticated' if tok['authenticated'] else 'NOT authenticated'}, {left}")
+    if tok.get("error"):
+        click.echo(f"  token error: {tok['error']}")
     for name, svc in doc["services"].items():
         kv = svc["kv"]
         click.echo(f"{name}: kv {kv['path']} v{kv['version']}{'' if kv['found'] else ' (not found)'}")

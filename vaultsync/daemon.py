@@ -45,7 +45,7 @@ from vaultsync.vault import KV, describe, detect_kv_version, make_client
 log = get_logger("vaultsync.daemon")
 
 BACKOFF_BASE, BACKOFF_CAP = 1.0, 300.0
-HOOK_WORKERS = 4
+HOOK_WORKERS = 8
 #: Jobs that keep credentials alive run on their own threads: polls, renders and rotations
 #: (which may wait on a slow server or a big file) can never delay them.
 LIFETIME_JOBS = frozenset({"token", "lease", "recover", "probe", "token-check"})
@@ -161,6 +161,7 @@ class Daemon:
         self.hooks = HookRunner(HOOK_WORKERS)
         self._held: set[str] = set()  # lease ids alive (recorded for revoke_on_start)
         self._held_lock = threading.Lock()
+        self._relogin_lock = threading.Lock()  # one re-login after a rejected token, not one per 403
         self.scheduler = BackgroundScheduler(
             executors={"default": APThreadPool(8), "lifetimes": APThreadPool(4)},
             job_defaults={"coalesce": True, "max_instances": 2, "misfire_grace_time": None},
@@ -498,7 +499,12 @@ class Daemon:
             self.token_problem = why
             if self._dead_token_log.allow(self.clock()):
                 log.error("token rejected by the server: not ready until a valid token is given", reason=why)
-        return self._relogin(why)
+        if not self._relogin_lock.acquire(blocking=False):
+            return False  # another thread is logging in right now
+        try:
+            return self._relogin(why)
+        finally:
+            self._relogin_lock.release()
 
     def _kick_all(self) -> None:
         """After an outage or a new token: forget every backoff and run what was waiting now."""
