@@ -44,3 +44,12 @@ class Conflict(VaultsyncError):
 
 class VaultError(VaultsyncError):
     """The server refused or failed a request (permission denied, sealed, down)."""
+
+
+class OutcomeUnknown(VaultError):
+    """The request was sent but no answer came (timed out, connection dropped): it may
+    or may not have taken effect."""
+
+
+class Unreachable(VaultError):
+    """The request never reached the server (connection refused, connect timeout)."""

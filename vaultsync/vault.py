@@ -15,10 +15,11 @@ from urllib.parse import quote
 import hvac
 import hvac.exceptions
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from vaultsync.config import VaultSettings, resolve_token
-from vaultsync.errors import BadInput, ConfigError, Conflict, VaultError
+from vaultsync.errors import BadInput, ConfigError, Conflict, OutcomeUnknown, Unreachable, VaultError
 from vaultsync.logging import register_secret
 
 
@@ -62,11 +63,21 @@ def describe(exc: Exception, action: str) -> VaultError:
         return VaultError(f"{action}: {errors}")
     if isinstance(exc, requests.exceptions.SSLError):
         return VaultError(f"TLS verification failed: {action} (set VAULT_CACERT to the server's CA)")
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        return VaultError(f"cannot reach the server: {action}")
+    if isinstance(exc, requests.exceptions.ConnectTimeout) or (
+            isinstance(exc, requests.exceptions.ConnectionError) and _never_sent(exc)):
+        return Unreachable(f"cannot reach the server: {action}")
     if isinstance(exc, requests.exceptions.Timeout):
-        return VaultError(f"request timed out: {action}")
+        return OutcomeUnknown(f"request timed out: {action}")
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError)):
+        return OutcomeUnknown(f"connection lost before the answer: {action}")
     return VaultError(f"{action}: {type(exc).__name__}")
+
+
+def _never_sent(exc: requests.exceptions.ConnectionError) -> bool:
+    """True when the connection could not be made (refused, no route, DNS): the request
+    was never sent. A connection dropped after sending is another matter."""
+    reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+    return isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
 
 
 def normalize_path(path: str) -> str:
