@@ -14,6 +14,8 @@ RULES = Path(__file__).resolve().parent.parent / "compose" / "prometheus" / "rul
 def test_lease_expiring_alert_fires_through_prometheus(kv2, root, vault_server, postgres_server, prometheus_server, tmp_path):
     short = database_engine(root, postgres_server, default_ttl="20s", max_ttl="20s")
     long = database_engine(root, postgres_server, default_ttl="1h", max_ttl="2h")
+    for name in ("api", "billing"):  # a service whose KV secret is missing is not rendered (issue 11)
+        root.secrets.kv.v2.create_or_update_secret(path=f"compose/{name}", secret={"A": "1"}, mount_point=kv2)
     cfg = config(tmp_path, kv2, f"""
 [services.api]
 dynamic = {{ db = "{short}/creds/api" }}

@@ -289,6 +289,7 @@ def test_sighup_reload_adds_and_removes_services_and_status_reports(kv2, root, v
 
 def test_sigterm_with_revoke_on_exit_revokes_leases_and_token(kv2, root, vault_server, postgres_server, workdir):
     db = database_engine(root, postgres_server, default_ttl="1m", max_ttl="5m")
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"A": "1"}, mount_point=kv2)  # a missing one is not rendered
     cfg = config(workdir, kv2, f'[services.api]\ndynamic = {{ db = "{db}/creds/api" }}\n[[services.api.destinations]]\npath = "api.env"\n',
                  extra="revoke_on_exit = true")
     token = short_token(root)

@@ -334,7 +334,7 @@ def render_cmd(state: State, output: str) -> None:
         for service, dests in results.items():
             for path, result in dests.items():
                 click.echo(f"{service}: {path}: {result}")
-    if any(r == "failure" for dests in results.values() for r in dests.values()):
+    if any(r in ("failure", "source_missing") for dests in results.values() for r in dests.values()):
         sys.exit(1)
 
 

@@ -1010,6 +1010,11 @@ def render_once(settings: Settings) -> dict[str, dict[str, str]]:
         assert d.kv is not None
         try:
             secret = d.kv.read(svc.kv_path)
+            if secret.data is None and not _renders_without_kv(svc):
+                # Deleted, destroyed or never written: never blank a file over it (on_delete = "empty" does).
+                log.warning("kv secret missing: file left alone", service=svc.name, path=f"{d.kv.mount}/{svc.kv_path}")
+                results[svc.name] = {dest.path: "source_missing" for dest in svc.destinations}
+                continue
             st.kv_data, st.kv_version, st.kv_loaded = secret.data, secret.version, True
             for name in svc.dynamic:
                 if not d._issue(svc.name, name, initial=True):
