@@ -453,7 +453,9 @@ class Daemon:
             self._at("probe", self.clock() + recovery.PROBE_CAP * self.rng.uniform(0.5, 1.0), self._probe, 1)
         elif edge == "back":
             self._at("recover", self.clock(), self._server_back)
-        elif status == 403 and self.token.state is not None and self._token_checks.allow(self.clock()):
+        elif (status == 403 and self.token.state is not None and self.token_problem is None
+              and not self.token.login_attempt and self._token_checks.allow(self.clock())):
+            # (a token known to be dead, or a re-login already waiting, has its own backed-off retry)
             self._at("token-check", self.clock(), self._check_token)
 
     def _probe(self, attempt: int) -> None:
@@ -521,10 +523,12 @@ class Daemon:
             st.issue_attempts.clear()
             for lname in st.settings.dynamic:
                 lease = st.leases.get(lname)
-                if lname in failed or (lease is not None and (lease.attempt or (lease.ttl and lease.expires_at <= now))):
-                    if lease is not None:
-                        lease.attempt = 0
+                expired = lease is not None and bool(lease.ttl) and lease.expires_at <= now
+                if lname in failed or expired:
                     self._at(f"lease:{name}:{lname}", now, self._reissue, name, lname)
+                elif lease is not None and lease.attempt:  # still valid: renewing keeps the same credentials
+                    lease.attempt = 0
+                    self._at(f"lease:{name}:{lname}", now, self._renew_lease, name, lname)
 
     # -- services ------------------------------------------------------------------------------
 
@@ -889,7 +893,7 @@ class Daemon:
             self._remove_service(name, revoke=name in removed)
         self.metrics.prime(new.auth.method, [new.services[n] for n in added | changed])
         for name in sorted(added | changed):
-            self._add_service(new.services[name])
+            self._add_service_safely(new.services[name])
         if new.daemon.poll_interval != old.daemon.poll_interval:
             for name in self.services:
                 self._at(f"kv:{name}", self.clock(), self._kv_job, name)
