@@ -415,6 +415,7 @@ def test_status_command_reports_token_leases_and_destinations(kv2, root, vault_s
 
 def test_render_command_renders_the_other_services_when_one_fails(kv2, root, vault_server, cli, workdir):
     root.secrets.kv.v2.create_or_update_secret(path="compose/good", secret={"A": "1"}, mount_point=kv2)
+    root.secrets.kv.v2.create_or_update_secret(path="compose/broken", secret={"B": "1"}, mount_point=kv2)
     cfg = config(workdir, kv2, '[services.broken]\ndynamic = { db = "no-such-mount/creds/x" }\n'
                  '[[services.broken.destinations]]\npath = "broken.env"\n'
                  '[services.good]\n[[services.good.destinations]]\npath = "good.env"\n')

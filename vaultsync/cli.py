@@ -187,7 +187,7 @@ def _print_outcome(outcome: Any, mount: str, planned: int) -> None:
     for path in outcome.conflicts:
         click.echo(f"conflict: {mount}/{path} was changed by someone else after planning; not written. Re-run to see the new plan.", err=True)
     for path, reason in outcome.failed:
-        click.echo(f"not written: {mount}/{path}: {reason}", err=True)
+        click.echo(f"failed: {mount}/{path}: {reason} (not written)", err=True)
     for path, reason in outcome.unknown:
         click.echo(f"unknown: {mount}/{path}: {reason}; it may have been written (re-run to converge)", err=True)
     if outcome.abandoned:
@@ -364,7 +364,8 @@ def status(state: State, metrics_addr: str | None, output: str) -> None:
         click.echo(f"  token error: {tok['error']}")
     for name, svc in doc["services"].items():
         kv = svc["kv"]
-        click.echo(f"{name}: kv {kv['path']} v{kv['version']}{'' if kv['found'] else ' (not found)'}")
+        missing = " (missing: last files kept)" if kv.get("missing") else "" if kv["found"] else " (not found)"
+        click.echo(f"{name}: kv {kv['path']} v{kv['version']}{missing}")
         for lname, lease in svc["leases"].items():
             click.echo(f"  lease {lname}: {lease['time_left']:.0f}s left, next: {lease['next']}")
         for path, dest in svc["destinations"].items():
