@@ -324,6 +324,35 @@ def test_crashed_job_is_run_again_backed_off_and_counted():
         d.scheduler.shutdown(wait=False)
 
 
+def test_a_run_skipped_because_the_job_still_runs_is_run_later_not_dropped():
+    import threading
+
+    from vaultsync.config import Settings
+    from vaultsync.daemon import Daemon
+
+    d = Daemon(Settings(), serve_http=False)
+    release, runs = threading.Event(), []
+
+    def job(i: int) -> None:
+        runs.append(i)
+        if i < 2:
+            release.wait(10)  # two instances still running (a hung request)
+
+    d.scheduler.start()
+    try:
+        for i in range(2):
+            d._at("kv:x", time.time(), job, i)
+            wait_for(lambda: len(runs) == i + 1, 5, f"run {i}")
+        d._at("kv:x", time.time(), job, 2)  # APScheduler skips this run: two instances still run
+        wait_for(lambda: d.metrics.job_crashes.labels("kv")._value.get() == 1, 5, "the skipped run counted")
+        assert runs == [0, 1]
+        release.set()
+        wait_for(lambda: runs == [0, 1, 2], 10, "the skipped run, later")
+    finally:
+        release.set()
+        d.scheduler.shutdown(wait=False)
+
+
 # --- 6. leases of a killed daemon ----------------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import hvac
 import hvac.exceptions
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor as APThreadPool
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -167,6 +168,8 @@ class Daemon(RecoveryMixin):
             job_defaults={"coalesce": True, "max_instances": 2, "misfire_grace_time": None},
             timezone=timezone.utc,
         )
+        self._queued: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {}  # job id -> what it runs
+        self.scheduler.add_listener(self._run_skipped, EVENT_JOB_MAX_INSTANCES)
         self.http: HealthServer | None = None
         if serve_http and settings.daemon.metrics_addr:
             self.http = HealthServer(settings.daemon.metrics_addr, self.metrics, self.ready, self.status)
@@ -180,6 +183,7 @@ class Daemon(RecoveryMixin):
         if self._stop.is_set():
             return
         due = max(when, self.clock())
+        self._queued[job_id] = (fn, args)
         run_date = datetime.fromtimestamp(due, tz=timezone.utc)
         kind = job_id.split(":", 1)[0]
         self.scheduler.add_job(self._guard(job_id, fn, due), "date", run_date=run_date, id=job_id, replace_existing=True,
@@ -191,6 +195,8 @@ class Daemon(RecoveryMixin):
 
         def run(*args: Any) -> None:
             self.metrics.job_lateness.labels(kind).observe(max(0.0, self.clock() - due))
+            if self._queued.get(job_id, (None,))[0] is fn:
+                self._queued.pop(job_id, None)
             try:
                 fn(*args)
             except Exception:  # noqa: BLE001 - a job must never die silently or kill the scheduler
@@ -202,6 +208,17 @@ class Daemon(RecoveryMixin):
                 self._crashes.succeeded(job_id)
 
         return run
+
+    def _run_skipped(self, event: JobSubmissionEvent) -> None:
+        """APScheduler skips (drops) a one-off run while two instances of the job still run:
+        a job chain would end silently. Count it and run it again a little later."""
+        queued = self._queued.pop(event.job_id, None)
+        if queued is None:
+            return
+        kind = event.job_id.split(":", 1)[0]
+        self.metrics.job_crashes.labels(kind).inc()
+        log.warning("job run skipped while it was still running; running it again later", job=event.job_id)
+        self._at(event.job_id, self.clock() + 1.0 + self.rng.uniform(0, 1.0), queued[0], *queued[1])
 
     def _retry_delay(self, attempt: int, expires_at: float | None) -> float | None:
         now = self.clock()
@@ -451,6 +468,7 @@ class Daemon(RecoveryMixin):
         for job in self.scheduler.get_jobs():
             if job.id.split(":")[1:2] == [name] and not job.id.startswith("revoke:"):
                 job.remove()
+                self._queued.pop(job.id, None)
         grace = self.settings.daemon.lease_revoke_grace
         for lease in st.leases.values():
             if revoke:

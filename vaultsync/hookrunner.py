@@ -57,10 +57,6 @@ class HookRunner:
                 self._running.discard(key)
                 return
 
-    def busy(self) -> int:
-        with self._lock:
-            return len(self._running)
-
     def drain(self, timeout: float | None = None) -> None:
         """Wait for every queued and running hook (``vaultsync render`` exits after its hooks)."""
         with self._lock:

@@ -39,7 +39,7 @@ class Metrics:
         self.requests = Counter("vaultsync_vault_requests", "HTTP requests sent to the server (result: ok, error).", ["result"], registry=r)
         self.hooks = Counter("vaultsync_hooks", "Change hooks run after a render (result: success, failure).", ["service", "destination", "result"], registry=r)
         self.job_lateness = Histogram("vaultsync_job_lateness_seconds", "How late a scheduled job started (kind: token, lease, kv, render, rotate, ...).", ["kind"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r)
-        self.job_crashes = Counter("vaultsync_job_crashes", "Jobs that raised an unexpected error (each is run again, backed off).", ["kind"], registry=r)
+        self.job_crashes = Counter("vaultsync_job_crashes", "Jobs that raised an unexpected error, or whose run was skipped while it still ran (each is run again).", ["kind"], registry=r)
         Gauge("vaultsync_build_info", "vaultsync version.", ["version"], registry=r).labels(__version__).set(1)
         for kind in ("token", "lease"):
             for result in ("success", "failure"):
