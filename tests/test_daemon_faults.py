@@ -302,6 +302,31 @@ def test_destination_under_a_regular_file_fails_alone_at_startup_and_a_reload_ad
         assert d.stop() == 0
 
 
+def test_a_5xx_on_the_mount_lookup_after_login_is_retried_not_fatal(persistent_vault: PersistentVault, tmp_path):
+    """In-process (the seal must land between login and the mount lookup); the server is real."""
+    import threading
+
+    from vaultsync import config as cfgmod
+    from vaultsync.daemon import Daemon
+
+    server = persistent_vault.server
+    server.client(server.token).sys.enable_secrets_engine("kv", path="app", options={"version": "2"})
+    path = tmp_path / "vaultsync.toml"
+    path.write_text('[kv]\nmount = "app"\n[daemon]\nmetrics_addr = ""\n')
+    settings = cfgmod.load(path, env=server.env(tmp_path, server.token))
+    d = Daemon(settings, config_path=str(path), serve_http=False)
+    assert d._login()
+    persistent_vault.seal()  # the mount lookup that follows gets 503s
+    unseal = threading.Timer(3, persistent_vault.unseal)
+    unseal.start()
+    try:
+        d.start()  # old code: VaultError from the lookup ended the daemon
+        assert d.kv is not None and d.kv.version == 2
+    finally:
+        unseal.join()
+        d.shutdown()
+
+
 def test_crashed_job_is_run_again_backed_off_and_counted():
     from vaultsync.config import Settings
     from vaultsync.daemon import Daemon
