@@ -190,6 +190,24 @@ def test_revoked_approle_token_is_replaced_at_the_next_403(kv2, root, vault_serv
         d.stop()
 
 
+def test_revoked_approle_token_that_cannot_log_in_again_is_not_ready_and_says_why(kv2, root, vault_server, workdir):
+    root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"N": "1"}, mount_point=kv2)
+    auth_section = approle(root, workdir, token_ttl="1h")
+    mount = auth_section.split('mount = "')[1].split('"')[0]
+    cfg = config(workdir, kv2, '[services.web]\n[[services.web.destinations]]\npath = "web.env"\n', poll="1s")
+    cfg.write_text(auth_section + cfg.read_text())
+    d = DaemonProc(cfg, daemon_env(vault_server, "", workdir), workdir).start()
+    try:
+        root.auth.approle.delete_role("svc", mount_point=mount)  # its secret_id is gone with it
+        root.sys.revoke_prefix(f"auth/{mount}/")
+        wait_for(lambda: d._get("/readyz").status_code == 503, 1 + 5, "/readyz reflects the dead token")
+        tok = d.status()["token"]
+        assert tok["authenticated"] is False and "rejected" in tok["error"]
+        assert (workdir / "web.env").read_text() == "N='1'\n"
+    finally:
+        d.stop()
+
+
 def test_revoked_plain_token_is_not_ready_says_why_logs_once_and_recovers_from_a_new_token_file(kv2, root, vault_server, workdir):
     root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"N": "1"}, mount_point=kv2)
     token_file = workdir / "token"
@@ -379,6 +397,25 @@ def test_a_run_skipped_because_the_job_still_runs_is_run_later_not_dropped():
 
 
 # --- 6. leases of a killed daemon ----------------------------------------------------------------
+
+
+def test_revoked_lease_is_reissued_at_its_next_renewal_without_backoff(kv2, root, vault_server, postgres_server, workdir):
+    db = database_engine(root, postgres_server, default_ttl="9s", max_ttl="5m")
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"A": "1"}, mount_point=kv2)
+    cfg = config(workdir, kv2, f'[services.api]\ndynamic = {{ db = "{db}/creds/api" }}\n[[services.api.destinations]]\npath = "api.env"\n')
+    d = DaemonProc(cfg, daemon_env(vault_server, short_token(root), workdir), workdir).start()
+    try:
+        old = dotenv_values(workdir / "api.env")
+        root.sys.revoke_prefix(f"{db}/creds/api")  # an operator revokes the role's credentials
+        revoked = time.monotonic()
+        new = wait_for(lambda: (v := dotenv_values(workdir / "api.env"))["DB_USERNAME"] != old["DB_USERNAME"] and v, 15, "new credentials")
+        took = time.monotonic() - revoked
+        print(f"\nrevoked lease: new credentials rendered {took:.1f}s after revoke-prefix (TTL 9 s)")
+        assert took <= 9, f"{took:.1f}s: not re-issued at the first failed renewal (the old lease's TTL was 9 s)"
+        assert can_login(postgres_server, new["DB_USERNAME"], new["DB_PASSWORD"])
+        assert d.count("lease renewal failed") == 0, "a revoked lease was retried with backoff"
+    finally:
+        d.stop()
 
 
 def test_revoke_on_start_revokes_the_leases_of_a_killed_run(kv2, root, vault_server, postgres_server, workdir):

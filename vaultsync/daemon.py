@@ -155,7 +155,7 @@ class Daemon(RecoveryMixin):
         self._secret_id: str | None = None  # kept for logins after max TTL (its file may be gone)
         self._secret_id_stat: tuple[int, int] | None = None  # (inode, mtime) of the file it came from
         self._login_gen = 0  # bumped by every login that yields a different token
-        self.token_problem: str | None = None  # why the token is unusable (plain token rejected), or None
+        self.token_problem: str | None = None  # why the token is unusable (rejected, no login since), or None
         self._dead_token_log = recovery.Throttle(DEAD_TOKEN_LOG_EVERY)
         self._token_checks = recovery.Throttle(TOKEN_CHECK_EVERY)
         self._crashes = recovery.CrashBackoff(BACKOFF_BASE, BACKOFF_CAP)
@@ -344,7 +344,8 @@ class Daemon(RecoveryMixin):
             if self.token_problem is None:
                 log.warning("login failed", method=method, error=str(err))
             elif self._dead_token_log.allow(self.clock()):  # loud, but once a minute
-                log.error("token rejected by the server: not ready until a valid token is given",
+                log.error("token rejected by the server: not ready until a valid token is given" if method == "token"
+                          else "token rejected and logging in again fails: not ready until a login works",
                           method=method, reason=self.token_problem, error=str(err))
             current = _file_id(s.auth.secret_id_file)
             if method == "approle" and current is not None and current != self._secret_id_stat:

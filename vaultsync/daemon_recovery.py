@@ -85,12 +85,15 @@ class RecoveryMixin:
         return True
 
     def _token_dead(self, why: str) -> bool:
-        """The server refused our token. AppRole: log in again now. A plain token cannot be
-        replaced by us: report it (not ready, /status says why) and keep trying to read a
-        new one (a rewritten token file is picked up), quietly."""
-        if self.settings.auth.method == "token" and self.token_problem is None:
+        """The server refused our token: not ready (/status says why) until a login works.
+        AppRole logs in again now (and retries, backed off, loudly once a minute). A plain token
+        cannot be replaced by us: keep trying to read a new one (a rewritten token file is
+        picked up), quietly but for one error a minute."""
+        if self.token_problem is None:
             self.token_problem = why
-            if self._dead_token_log.allow(self.clock()):
+            if self.settings.auth.method == "approle":
+                log.warning("token rejected by the server: logging in again", reason=why)
+            elif self._dead_token_log.allow(self.clock()):
                 log.error("token rejected by the server: not ready until a valid token is given", reason=why)
         if not self._relogin_lock.acquire(blocking=False):
             return False  # another thread is logging in right now
