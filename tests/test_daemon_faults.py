@@ -263,6 +263,17 @@ def test_deleted_or_destroyed_kv_secret_keeps_the_file_runs_no_hook_and_counts(k
         d.stop()
 
 
+def test_render_command_leaves_the_file_of_a_deleted_secret_alone(kv2, root, vault_server, cli, workdir):
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"A": "1"}, mount_point=kv2)
+    cfg = config(workdir, kv2, '[services.api]\n[[services.api.destinations]]\npath = "api.env"\n')
+    assert cli("--config", str(cfg), "render").code == 0
+    root.secrets.kv.v2.delete_latest_version_of_secret(path="compose/api", mount_point=kv2)
+    res = cli("--config", str(cfg), "render", "--output", "json")
+    assert res.code == 1, res.output
+    assert json.loads(res.stdout) == {"api": {str(workdir / "api.env"): "source_missing"}}
+    assert (workdir / "api.env").read_text() == "A='1'\n"
+
+
 def test_on_delete_empty_renders_without_the_kv_keys(kv2, root, vault_server, workdir):
     root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"A": "1"}, mount_point=kv2)
     cfg = config(workdir, kv2, '[services.api]\non_delete = "empty"\n[[services.api.destinations]]\npath = "api.env"\n', poll="0.5s")
