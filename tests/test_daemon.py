@@ -421,6 +421,7 @@ def test_status_command_reports_token_leases_and_destinations(kv2, root, vault_s
 
 def test_render_command_renders_the_other_services_when_one_fails(kv2, root, vault_server, cli, workdir):
     root.secrets.kv.v2.create_or_update_secret(path="compose/good", secret={"A": "1"}, mount_point=kv2)
+    root.secrets.kv.v2.create_or_update_secret(path="compose/broken", secret={"B": "1"}, mount_point=kv2)
     cfg = config(workdir, kv2, '[services.broken]\ndynamic = { db = "no-such-mount/creds/x" }\n'
                  '[[services.broken.destinations]]\npath = "broken.env"\n'
                  '[services.good]\n[[services.good.destinations]]\npath = "good.env"\n')
@@ -435,7 +436,8 @@ def test_a_missing_kv_path_is_never_rendered_empty_keeps_the_file_and_is_not_rea
     cfg = config(workdir, kv2, '[services.ghost]\n[[services.ghost.destinations]]\npath = "ghost.env"\n', poll="1s")
     d = DaemonProc(cfg, daemon_env(vault_server, short_token(root), workdir), workdir).start(wait_ready=False)
     try:
-        wait_for(lambda: d.count("kv read failed") >= 2, 10, "the missing source retried")
+        wait_for(lambda: d.metric("vaultsync_render_total", service="ghost", destination="ghost.env",
+                                  result="source_missing") >= 2, 10, "the missing source looked for again")
         assert d._get("/readyz").status_code == 503
         assert (workdir / "ghost.env").read_text() == "A='previous'\n", "an empty render replaced the file"
         root.secrets.kv.v2.create_or_update_secret(path="compose/ghost", secret={"A": "now"}, mount_point=kv2)
