@@ -514,8 +514,11 @@ def test_daemon_static_token_at_max_ttl_says_once_that_it_cannot_log_in_again(kv
         wait_for(lambda: d.count("static token cannot log in again") >= 1, 30, "the daemon to say it cannot log in again")
         told = [e for e in d.events() if e.get("event") == "static token cannot log in again"][0]
         assert told["level"] == "error" and "periodic token" in told["fix"] and "approle" in told["fix"]
-        # After the token is gone the daemon keeps trying (backed off) but says it only once.
-        wait_for(lambda: d.count("login failed") >= 2, 60, "logins failing after expiry")
+        # After the token is gone the daemon is not ready and says why (at most once a minute),
+        # keeps trying backed off, and says "cannot log in again" only once.
+        wait_for(lambda: d._get("/readyz").status_code == 503, 60, "not ready after expiry")
+        wait_for(lambda: d.count("token rejected by the server: not ready until a valid token is given") >= 1, 60,
+                 "the dead token reported")
         assert d.count("static token cannot log in again") == 1
         assert (work / "web.env").read_text() == HEADER + "A='1'\n"  # the last good file stays
     finally:

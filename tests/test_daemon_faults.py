@@ -19,6 +19,7 @@ from dotenv import dotenv_values
 from tests.daemon_harness import DaemonProc, daemon_env, wait_for
 from tests.persistent_server import PersistentVault, persistent_vault  # noqa: F401 - a fixture
 from tests.test_daemon import can_login, config, database_engine, role_exists, short_token
+from vaultsync.formats import HEADER
 
 SLOW_HOOK = [sys.executable, "-c", "import sys, time; time.sleep(float(sys.argv[2])); open(sys.argv[1], 'a').write('x\\n')"]
 APPEND_HOOK = [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write('x\\n')"]
@@ -203,7 +204,7 @@ def test_revoked_approle_token_that_cannot_log_in_again_is_not_ready_and_says_wh
         wait_for(lambda: d._get("/readyz").status_code == 503, 1 + 5, "/readyz reflects the dead token")
         tok = d.status()["token"]
         assert tok["authenticated"] is False and "rejected" in tok["error"]
-        assert (workdir / "web.env").read_text() == "N='1'\n"
+        assert (workdir / "web.env").read_text() == HEADER + "N='1'\n"
     finally:
         d.stop()
 
@@ -271,7 +272,7 @@ def test_render_command_leaves_the_file_of_a_deleted_secret_alone(kv2, root, vau
     res = cli("--config", str(cfg), "render", "--output", "json")
     assert res.code == 1, res.output
     assert json.loads(res.stdout) == {"api": {str(workdir / "api.env"): "source_missing"}}
-    assert (workdir / "api.env").read_text() == "A='1'\n"
+    assert (workdir / "api.env").read_text() == HEADER + "A='1'\n"
 
 
 def test_on_delete_empty_renders_without_the_kv_keys(kv2, root, vault_server, workdir):
@@ -280,7 +281,7 @@ def test_on_delete_empty_renders_without_the_kv_keys(kv2, root, vault_server, wo
     d = DaemonProc(cfg, daemon_env(vault_server, short_token(root), workdir), workdir).start()
     try:
         root.secrets.kv.v2.delete_latest_version_of_secret(path="compose/api", mount_point=kv2)
-        wait_for(lambda: (workdir / "api.env").read_bytes() == b"", 5, "the emptied file")
+        wait_for(lambda: (workdir / "api.env").read_text() == HEADER, 5, "the emptied file (only its header)")
     finally:
         d.stop()
 
