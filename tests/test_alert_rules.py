@@ -35,6 +35,8 @@ REQUIRED_ALERTS = {
     "VaultsyncRenderStale",
     "VaultsyncVaultUnreachable",
     "VaultsyncDown",
+    "VaultsyncLoginsFailing",
+    "VaultsyncRotationsFailing",
 }
 # The daemon's metric contract: rules may use nothing else.
 CONTRACT = {
@@ -48,6 +50,8 @@ CONTRACT = {
     "vaultsync_secret_version",
     "vaultsync_vault_up",
     "vaultsync_build_info",
+    "vaultsync_vault_requests_total",
+    "vaultsync_hooks_total",
 }
 
 
@@ -207,3 +211,60 @@ def test_factory_takes_a_dict_config_and_a_rules_dir(prometheus_server) -> None:
     assert {r["name"] for r in server.rules() if r["type"] == "alerting"} == set(_alerts())
     hits = server.wait_for_alert("VaultsyncDown", state="pending", timeout=20)
     assert hits[0]["labels"] == {"alertname": "VaultsyncDown", "job": "vaultsync", "severity": "critical"}
+
+
+# --- `for:` and thresholds at minute resolution (issue 17) --------------------------------------
+
+# Each alert: input series that make its condition true from minute `onset` on, and the hold
+# (`for:`) the alert must have. The check brackets the exact minute it starts firing, so a `for:`
+# or threshold off by one evaluation fails. Onset minutes are derived by hand from the thresholds
+# (e.g. a lease expiring at 600 s is under 300 s left from 5m01s, so from the 6m evaluation).
+BOUNDARIES: dict[str, tuple[list[tuple[str, str]], int, int]] = {
+    "VaultsyncLeaseExpiringSoon": ([('vaultsync_lease_expiry_timestamp_seconds{service="api",secret="db"}', "600+0x60")], 6, 0),
+    "VaultsyncTokenExpiringSoon": ([("vaultsync_token_expiry_timestamp_seconds", "600+0x60")], 6, 0),
+    "VaultsyncRenewalsFailing": ([('vaultsync_renewals_total{kind="lease",result="failure"}', "0+1x60")], 1, 10),
+    "VaultsyncLoginsFailing": ([('vaultsync_logins_total{method="approle",result="failure"}', "0+1x60")], 1, 10),
+    "VaultsyncRenderFailing": ([('vaultsync_render_total{service="api",destination="api.env",result="failure"}', "0+1x60")], 1, 10),
+    "VaultsyncRenderStale": ([('vaultsync_last_render_success_timestamp_seconds{service="api",destination="api.env"}', "0x60")], 31, 5),
+    "VaultsyncVaultUnreachable": ([("vaultsync_vault_up", "0x60")], 0, 2),
+    "VaultsyncDown": ([('up{job="vaultsync",instance="vaultsync:9464"}', "0x60")], 0, 5),
+    "VaultsyncRotationsFailing": ([('vaultsync_rotations_total{service="api",result="failure"}', "0+1x60")], 1, 0),
+}
+
+
+def _boundary_tests() -> dict[str, Any]:
+    tests = []
+    for name, (series, onset, hold) in BOUNDARIES.items():
+        def alerts(state: str) -> str:
+            return f'count(ALERTS{{alertname="{name}",alertstate="{state}"}})'
+
+        checks = [{"expr": alerts("firing"), "eval_time": f"{onset + hold}m", "exp_samples": [{"labels": "{}", "value": 1}]},
+                  {"expr": alerts("firing"), "eval_time": f"{onset + hold - 1}m", "exp_samples": []}] if onset + hold >= 1 else [
+                  {"expr": alerts("firing"), "eval_time": "0m", "exp_samples": [{"labels": "{}", "value": 1}]}]
+        if hold:  # pending from the onset, not a minute earlier
+            checks += [{"expr": alerts("pending"), "eval_time": f"{onset}m", "exp_samples": [{"labels": "{}", "value": 1}]}]
+            if onset:
+                checks += [{"expr": alerts("pending"), "eval_time": f"{onset - 1}m", "exp_samples": []}]
+        tests.append({"name": f"{name} fires exactly {hold}m after its condition holds", "interval": "1m",
+                      "input_series": [{"series": s, "values": v} for s, v in series], "promql_expr_test": checks})
+    return {"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": tests}
+
+
+def test_every_alert_fires_at_the_exact_evaluation_its_for_and_threshold_say(tmp_path: Path) -> None:
+    assert set(BOUNDARIES) == set(_alerts()) == REQUIRED_ALERTS
+    (tmp_path / "boundaries.yml").write_text(yaml.safe_dump(_boundary_tests(), sort_keys=False))
+    _ok(promtool("test", "rules", tmp_path / "boundaries.yml"))
+
+
+def test_boundary_tests_catch_a_for_off_by_one_minute(tmp_path: Path) -> None:
+    """`for: 2m` -> `3m` on VaultsyncVaultUnreachable must fail the boundary tests."""
+    text = RULES.read_text()
+    rule = "expr: vaultsync_vault_up == 0\n        for: 2m"
+    assert rule in text
+    rules = tmp_path / "vaultsync.yml"
+    rules.write_text(text.replace(rule, rule.replace("2m", "3m")))
+    doc = _boundary_tests()
+    doc["rule_files"] = [str(rules)]
+    (tmp_path / "boundaries.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    proc = promtool("test", "rules", tmp_path / "boundaries.yml")
+    assert proc.returncode != 0 and "VaultsyncVaultUnreachable" in proc.stdout + proc.stderr, proc.stdout
