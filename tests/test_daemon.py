@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -18,7 +19,7 @@ import psycopg
 import pytest
 from dotenv import dotenv_values
 
-from tests.daemon_harness import DaemonProc, daemon_env, wait_for
+from tests.daemon_harness import DaemonProc, TcpCut, daemon_env, wait_for
 from tests.fixtures_servers import PostgresServer
 
 HOOK = [sys.executable, "-c", "import sys, time; open(sys.argv[1], 'a').write(f'{time.time()}\\n')"]
@@ -194,6 +195,41 @@ def test_server_outage_files_untouched_failures_counted_requests_bounded_then_re
         assert d._get("/readyz").status_code == 200
     finally:
         d.stop()
+
+
+def test_refused_connections_are_retried_with_backoff_not_in_a_loop(kv2, root, vault_server, postgres_server, workdir):
+    """A server that refuses connections at once: no client timeout throttles the retries
+    (unlike a hung server), so only the daemon's backoff keeps the request count down."""
+    db = database_engine(root, postgres_server, default_ttl="6s", max_ttl="60s")
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"APP": "x"}, mount_point=kv2)
+    cut = TcpCut(vault_server.addr)
+    through_cut = dataclasses.replace(vault_server, addr=cut.addr)
+    cfg = config(workdir, kv2, f'[services.api]\ndynamic = {{ db = "{db}/creds/api" }}\n[[services.api.destinations]]\npath = "api.env"\n', poll="1s")
+    d = DaemonProc(cfg, daemon_env(through_cut, short_token(root), workdir), workdir).start()
+    env_file = workdir / "api.env"
+
+    def sent() -> float:
+        return d.metric("vaultsync_vault_requests_total", result="error") + d.metric("vaultsync_vault_requests_total", result="ok")
+
+    try:
+        before = env_file.read_bytes(), env_file.stat().st_mtime_ns
+        cut.cut()
+        try:
+            wait_for(lambda: d.metric("vaultsync_vault_up") == 0, 15, "vault_up 0")
+            start = sent()
+            time.sleep(20)  # the measurement window itself, not a wait for a condition
+            during = sent() - start
+            print(f"{during} requests in 20 s of refused connections")
+            # Measured: 13 with backoff, 44 with a constant 1 s retry (kv poll every 1 s, a 6 s lease).
+            assert 3 <= during <= 25, f"{during} requests in 20 s of refused connections"
+            assert (env_file.read_bytes(), env_file.stat().st_mtime_ns) == before, "a file changed during the outage"
+        finally:
+            cut.restore()
+        wait_for(lambda: d.metric("vaultsync_vault_up") == 1, 60, "vault_up back to 1")
+        wait_for(lambda: d._get("/readyz").status_code == 200, 60, "ready again")
+    finally:
+        d.stop()
+        cut.cut()
 
 
 def test_sigkill_during_renders_never_leaves_a_torn_file(kv2, root, vault_server, workdir):
