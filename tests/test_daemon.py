@@ -30,9 +30,9 @@ def short_token(root: hvac.Client, ttl: str = "1h") -> str:
     return root.auth.token.create(policies=["root"], ttl=ttl, renewable=True)["auth"]["client_token"]
 
 
-def database_engine(root: hvac.Client, pg: PostgresServer, *, default_ttl: str = "5s", max_ttl: str = "20s") -> str:
+def database_engine(root: hvac.Client, pg: PostgresServer, *, default_ttl: str = "5s", max_ttl: str = "20s", mount: str | None = None) -> str:
     """Enable the database secrets engine on a fresh mount with role `api` on the real PostgreSQL."""
-    mount = "db-" + uuid.uuid4().hex[:8]
+    mount = mount or "db-" + uuid.uuid4().hex[:8]
     root.sys.enable_secrets_engine("database", path=mount)
     root.adapter.post(f"/v1/{mount}/config/pg", json={
         "plugin_name": "postgresql-database-plugin",
