@@ -24,6 +24,11 @@ def _ts(event: dict) -> float:
     return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
+def dynamic_users(pg) -> set[str]:
+    with pg.connect() as conn:
+        return {r[0] for r in conn.execute("select rolname from pg_roles where rolname like 'v-%'").fetchall()}
+
+
 def _events(d: DaemonProc, name: str) -> list[dict]:
     return [e for e in d.events() if e.get("event") == name]
 
@@ -61,6 +66,7 @@ def approle_daemon(fresh_vault, postgres_server, tmp_path: Path):
 
 def test_approle_daemon_renews_logs_in_again_reissues_every_lease_and_keeps_rotating(approle_daemon, postgres_server):
     d, root, work, wrapping_token = approle_daemon
+    others = dynamic_users(postgres_server)  # the session's database is shared with other tests
     d.start(timeout=60)
     first = dotenv_values(work / "api.env")
     assert first["APP"] == "x" and first["DB_USERNAME"]
@@ -77,11 +83,9 @@ def test_approle_daemon_renews_logs_in_again_reissues_every_lease_and_keeps_rota
     wait_for(lambda: len(_events(d, "rotated")) > seen_rotations, 20, "a rotation after the re-logins")
 
     # Of all the database users issued so far, only the one in the file is left (the others were
-    # revoked after the grace period, or died with their token).
+    # revoked after the grace period, or died with their token). Other tests' users are not ours.
     def only_current_user_left() -> bool:
-        with postgres_server.connect() as conn:
-            live = {r[0] for r in conn.execute("select rolname from pg_roles where rolname like 'v-%'").fetchall()}
-        return live == {dotenv_values(work / "api.env")["DB_USERNAME"]}
+        return dynamic_users(postgres_server) - others == {dotenv_values(work / "api.env")["DB_USERNAME"]}
 
     wait_for(only_current_user_left, 15, "every superseded database user dropped")
     current = dotenv_values(work / "api.env")
