@@ -220,41 +220,53 @@ def test_factory_takes_a_dict_config_and_a_rules_dir(prometheus_server) -> None:
     assert hits[0]["labels"] == {"alertname": "VaultsyncDown", "job": "vaultsync", "severity": "critical"}
 
 
-# --- `for:` and thresholds at minute resolution (issue 17) --------------------------------------
+# --- `for:` and thresholds at the exact evaluation (issue 17) -----------------------------------
 
-# Each alert: input series that make its condition true from minute `onset` on, and the hold
-# (`for:`) the alert must have. The check brackets the exact minute it starts firing, so a `for:`
-# or threshold off by one evaluation fails. Onset minutes are derived by hand from the thresholds
-# (e.g. a lease expiring at 600 s is under 300 s left from 5m01s, so from the 6m evaluation).
+# Each alert: input series (one sample every 15 s) that make its condition true from second `onset`
+# on, and the hold (`for:`, seconds) it must have. Rules are evaluated every 15 s and the checks
+# bracket the exact evaluation where it starts pending and firing, so a `for:` or a threshold off by
+# one evaluation fails. Onsets are worked out by hand from the thresholds: e.g. a renewal due at
+# 100 s is "over 45 s overdue" from 145 s on, so from the 150 s evaluation.
+STEP = 15
+_LEASE = '{service="api",secret="db"}'
 BOUNDARIES: dict[str, tuple[list[tuple[str, str]], int, int]] = {
-    "VaultsyncLeaseExpiringSoon": ([('vaultsync_lease_expiry_timestamp_seconds{service="api",secret="db"}', "600+0x60")], 6, 0),
-    "VaultsyncTokenExpiringSoon": ([("vaultsync_token_expiry_timestamp_seconds", "600+0x60")], 6, 0),
-    "VaultsyncRenewalsFailing": ([('vaultsync_renewals_total{kind="lease",result="failure"}', "0+1x60")], 1, 10),
-    "VaultsyncLoginsFailing": ([('vaultsync_logins_total{method="approle",result="failure"}', "0+1x60")], 1, 10),
-    "VaultsyncRenderFailing": ([('vaultsync_render_total{service="api",destination="api.env",result="failure"}', "0+1x60")], 1, 10),
-    "VaultsyncRenderStale": ([('vaultsync_last_render_success_timestamp_seconds{service="api",destination="api.env"}', "0x60")], 31, 5),
-    "VaultsyncVaultUnreachable": ([("vaultsync_vault_up", "0x60")], 0, 2),
-    "VaultsyncDown": ([('up{job="vaultsync",instance="vaultsync:9464"}', "0x60")], 0, 5),
-    "VaultsyncRotationsFailing": ([('vaultsync_rotations_total{service="api",result="failure"}', "0+1x60")], 1, 0),
+    "VaultsyncLeaseRenewalOverdue": ([(f"vaultsync_lease_renewal_due_timestamp_seconds{_LEASE}", "100x250")], 150, 0),
+    # under a quarter of a 1000 s TTL left (expiry 600 s: from 350 s) and the renewal overdue
+    "VaultsyncLeaseExpiringSoon": ([(f"vaultsync_lease_expiry_timestamp_seconds{_LEASE}", "600x250"),
+                                    (f"vaultsync_lease_ttl_seconds{_LEASE}", "1000x250"),
+                                    (f"vaultsync_lease_renewal_due_timestamp_seconds{_LEASE}", "100x250")], 360, 0),
+    "VaultsyncLeaseExpired": ([(f"vaultsync_lease_expiry_timestamp_seconds{_LEASE}", "100x250")], 135, 0),
+    "VaultsyncTokenRenewalOverdue": ([("vaultsync_token_renewal_due_timestamp_seconds", "100x250")], 150, 0),
+    "VaultsyncTokenExpiringSoon": ([("vaultsync_token_expiry_timestamp_seconds", "600x250"), ("vaultsync_token_ttl_seconds", "1000x250"),
+                                    ("vaultsync_token_renewal_due_timestamp_seconds", "100x250")], 360, 0),
+    "VaultsyncTokenExpired": ([("vaultsync_token_expiry_timestamp_seconds", "100x250")], 135, 0),
+    "VaultsyncRenewalsFailing": ([('vaultsync_renewals_total{kind="lease",result="failure"}', "0+1x250")], 15, 600),
+    "VaultsyncLoginsFailing": ([('vaultsync_logins_total{method="approle",result="failure"}', "0+1x250")], 15, 600),
+    "VaultsyncRenderFailing": ([('vaultsync_render_total{service="api",destination="api.env",result="failure"}', "0+1x250")], 15, 600),
+    "VaultsyncRenderStale": ([('vaultsync_last_render_success_timestamp_seconds{service="api",destination="api.env"}', "0x250")], 1815, 300),
+    "VaultsyncVaultUnreachable": ([("vaultsync_vault_up", "0x250")], 0, 120),
+    "VaultsyncDown": ([('up{job="vaultsync",instance="vaultsync:9464"}', "0x250")], 0, 300),
+    "VaultsyncRotationsFailing": ([('vaultsync_rotations_total{service="api",result="failure"}', "0+1x250")], 15, 0),
 }
 
 
 def _boundary_tests() -> dict[str, Any]:
     tests = []
     for name, (series, onset, hold) in BOUNDARIES.items():
-        def alerts(state: str) -> str:
-            return f'count(ALERTS{{alertname="{name}",alertstate="{state}"}})'
+        def alerts(state: str, at: int, present: bool) -> dict[str, Any]:
+            return {"expr": f'count(ALERTS{{alertname="{name}",alertstate="{state}"}})', "eval_time": f"{at}s",
+                    "exp_samples": [{"labels": "{}", "value": 1}] if present else []}
 
-        checks = [{"expr": alerts("firing"), "eval_time": f"{onset + hold}m", "exp_samples": [{"labels": "{}", "value": 1}]},
-                  {"expr": alerts("firing"), "eval_time": f"{onset + hold - 1}m", "exp_samples": []}] if onset + hold >= 1 else [
-                  {"expr": alerts("firing"), "eval_time": "0m", "exp_samples": [{"labels": "{}", "value": 1}]}]
-        if hold:  # pending from the onset, not a minute earlier
-            checks += [{"expr": alerts("pending"), "eval_time": f"{onset}m", "exp_samples": [{"labels": "{}", "value": 1}]}]
-            if onset:
-                checks += [{"expr": alerts("pending"), "eval_time": f"{onset - 1}m", "exp_samples": []}]
-        tests.append({"name": f"{name} fires exactly {hold}m after its condition holds", "interval": "1m",
+        checks = [alerts("firing", onset + hold, True)]
+        if onset + hold >= STEP:
+            checks.append(alerts("firing", onset + hold - STEP, False))
+        if hold:  # pending from the onset, not one evaluation earlier
+            checks.append(alerts("pending", onset, True))
+            if onset >= STEP:
+                checks.append(alerts("pending", onset - STEP, False))
+        tests.append({"name": f"{name} fires exactly {hold}s after its condition holds from {onset}s", "interval": f"{STEP}s",
                       "input_series": [{"series": s, "values": v} for s, v in series], "promql_expr_test": checks})
-    return {"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": tests}
+    return {"rule_files": [str(RULES)], "evaluation_interval": f"{STEP}s", "tests": tests}
 
 
 def test_every_alert_fires_at_the_exact_evaluation_its_for_and_threshold_say(tmp_path: Path) -> None:
