@@ -348,6 +348,10 @@ def test_sigterm_with_revoke_on_exit_revokes_leases_and_token(kv2, root, vault_s
 CONTRACT = {
     "vaultsync_lease_expiry_timestamp_seconds": {"service", "secret"},
     "vaultsync_token_expiry_timestamp_seconds": set(),
+    "vaultsync_lease_ttl_seconds": {"service", "secret"},
+    "vaultsync_lease_renewal_due_timestamp_seconds": {"service", "secret"},
+    "vaultsync_token_ttl_seconds": set(),
+    "vaultsync_token_renewal_due_timestamp_seconds": set(),
     "vaultsync_renewals_total": {"kind", "result"},
     "vaultsync_logins_total": {"method", "result"},
     "vaultsync_render_total": {"service", "destination", "result"},

@@ -37,6 +37,8 @@ def _events(d: DaemonProc, name: str) -> list[dict]:
 def approle_daemon(fresh_vault, postgres_server, tmp_path: Path):
     """A server of the test's own (the shipped policy names the `secret` and `database` mounts)."""
     root = fresh_vault.client(fresh_vault.token)
+    if "secret/" not in root.sys.list_mounted_secrets_engines()["data"]:
+        root.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
     database_engine(root, postgres_server, default_ttl="8s", max_ttl="2m", mount="database")
     root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"APP": "x"}, mount_point="secret")
     work = tmp_path / "work"
