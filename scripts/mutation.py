@@ -58,9 +58,12 @@ def configure(tree: Path, module: str) -> None:
     text = pyproject.read_text()
     assert "[tool.mutmut]" not in text, "pyproject.toml already has a [tool.mutmut] table"
     tests = ", ".join(f'"{t}"' for t in MODULES[module])
+    # mutmut runs the tests inside mutants/: give them the policies, rules, tools ... they read.
+    extra = ", ".join(f'"{p.name}"' for p in sorted(tree.iterdir()) if p.name not in ("vaultsync", "mutants", "tests"))
     pyproject.write_text(text + (
         "\n[tool.mutmut]\n"
         'source_paths = ["vaultsync"]\n'
+        f"also_copy = [{extra}]\n"
         f'only_mutate = ["vaultsync/{module}.py"]\n'
         f"pytest_add_cli_args_test_selection = [{tests}]\n"
         # No pytest-timeout inside mutmut's workers: mutmut times each mutant itself.
