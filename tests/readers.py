@@ -6,11 +6,14 @@
   docker CLI's ``pkg/kvfile`` (the code behind ``env_file:`` and ``docker run --env-file``),
   built once per machine into ``~/.cache/vaultsync/envcheck-<hash>/`` (``make envcheck``).
 * shell: bash, ``bash --posix`` and dash, sourcing the file.
-* systemd: no part of Debian's systemd 252 parses an EnvironmentFile= without a running
-  manager (``systemd --user`` exits at once in this container; ``systemd-analyze verify``
-  does not read env files). ``read_systemd`` is a transcription of the state machine in
-  systemd's ``src/basic/env-file.c`` (parse_env_file_internal) plus its name check
-  (env_name_is_valid): a faithful reading, not systemd itself.
+* systemd: ``read_systemd`` is a transcription of the state machine in systemd's
+  ``src/basic/env-file.c`` (parse_env_file_internal, v254 and later: up to 253 a comment ending in
+  ``\\`` also swallows the next line) plus its name check (env_name_is_valid).
+  EnvironmentFile= itself needs a running manager, but Debian's systemd ships
+  ``30-systemd-environment-d-generator``, which reads ``environment.d`` files with the same
+  parser: ``read_systemd_checked`` runs it and checks the transcription against it on every
+  value it can compare (it then expands ``$NAME``, and drops an empty ``K=""``, which
+  EnvironmentFile= keeps; those are checked by the transcription alone).
 * json: ``json.loads``.
 """
 
@@ -221,3 +224,62 @@ def read_systemd(text: str) -> dict[str, str]:
     if state in ("pre_value", "value", "value_escape", "single", "double", "double_escape"):
         push(state == "value")
     return out
+
+
+_SD_GENERATOR = Path("/usr/lib/systemd/user-environment-generators/30-systemd-environment-d-generator")
+_SD_OUT_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+
+
+def _sd_unquote(value: str) -> str:
+    """Undo the generator's output quoting: "..." with C escapes (\\n, \\001, \\xNN, \\")."""
+    if not (len(value) >= 2 and value[0] == value[-1] == '"'):
+        return value
+    out = bytearray()
+    body, i = value[1:-1], 0
+    while i < len(body):
+        c = body[i]
+        if c != "\\":
+            out += c.encode("utf-8")
+            i += 1
+            continue
+        nxt = body[i + 1]
+        if nxt in "01234567":
+            out.append(int(body[i + 1:i + 4], 8))
+            i += 4
+        elif nxt == "x":
+            out.append(int(body[i + 2:i + 4], 16))
+            i += 4
+        else:
+            out += _SD_OUT_ESCAPES.get(nxt, nxt).encode("utf-8")
+            i += 2
+    return out.decode("utf-8")
+
+
+def read_systemd_generator(text: str, folder: Path) -> dict[str, str]:
+    """What systemd's own env-file parser (through the environment.d generator) reads from ``text``."""
+    if not _SD_GENERATOR.exists():
+        pytest.fail(f"{_SD_GENERATOR} (Debian's systemd package) is needed to check the systemd style", pytrace=False)
+    conf = folder / "xdg" / "environment.d"
+    conf.mkdir(parents=True, exist_ok=True)
+    (conf / "zz-vaultsync.conf").write_bytes(text.encode("utf-8"))  # after the system's files: ours win
+    proc = subprocess.run([str(_SD_GENERATOR)], env={"XDG_CONFIG_HOME": str(folder / "xdg")}, capture_output=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-500:]
+    out = {}
+    for line in proc.stdout.decode("utf-8").split("\n"):
+        if line:
+            key, _, value = line.partition("=")
+            out[key] = _sd_unquote(value)
+    return out
+
+
+def read_systemd_checked(text: str, folder: Path) -> dict[str, str]:
+    """``read_systemd(text)``, after checking it agrees with systemd's own parser where they can be compared."""
+    ours = read_systemd(text)
+    real = read_systemd_generator(text, folder)
+    system = read_systemd_generator("", folder)  # what /etc and /usr/lib environment.d set by themselves
+    comparable = {k: v for k, v in ours.items() if v and "$" not in v}
+    assert {k: real.get(k) for k in comparable} == comparable, "read_systemd disagrees with systemd's parser"
+    unexplained = set(real) - set(ours) - set(system)
+    assert not unexplained, f"systemd's parser found keys read_systemd did not: {sorted(unexplained)}"
+    return ours

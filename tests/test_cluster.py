@@ -138,6 +138,8 @@ def test_leader_sigkill_under_daemon_on_a_standby_and_a_running_migrate(cluster,
             wait_for(lambda: len(root.secrets.kv.v2.list_secrets(path="compose", mount_point=kv)["data"]["keys"]) > 30,
                      60, "migrate to be writing")
             before_errors = errors(d)
+            # Otherwise this would only test a migrate that had finished before the fault.
+            assert migrate.poll() is None, "migrate finished before the leader was killed: give it more secrets"
             killed_at = time.time()
             leader.kill()
             new_leader = cluster.leader(timeout=60)

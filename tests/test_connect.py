@@ -11,6 +11,7 @@ import json
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from tests import vault_cluster
 from tests.conftest import Result, run_cli
 from tests.fixtures_servers import free_port
+from vaultsync.formats import HEADER
 
 pytestmark = pytest.mark.vault
 
@@ -71,7 +73,8 @@ def test_ca_file_from_env_flag_bao_alias_and_config(vault_server, base_env, kv2,
 def test_ca_folder_from_env_flag_and_config(vault_server, base_env, kv2, env_file, tmp_path):
     folder = tmp_path / "cas"
     folder.mkdir()
-    shutil.copy(vault_server.cacert, folder / "any-name.crt")  # no OpenSSL hash links, as the Vault CLI allows
+    (folder / "private").mkdir()  # the Vault CLI walks sub-folders too
+    shutil.copy(vault_server.cacert, folder / "private" / "any-name.crt")  # no OpenSSL hash links needed
     (folder / "README").write_text("not a certificate\n")
     ok(dry_run({**base_env, "VAULT_CAPATH": str(folder)}, kv2, env_file))
     ok(dry_run(base_env, kv2, env_file, "--capath", str(folder)))
@@ -149,6 +152,45 @@ def test_tls_server_name_is_checked_against_the_certificate(vault_server, base_e
     assert "is not valid for the name asked for" in res.stderr and "VAULT_TLS_SERVER_NAME" in res.stderr
 
 
+# --- a server whose certificate is bad: expired, not yet valid, for another name ------------------------
+
+
+NAMES = {"dns": vault_cluster.SERVER_NAMES, "ips": ("127.0.0.1",)}
+BAD_CERTS = {
+    "expired": ({**NAMES, "valid_days": (-3, -1)}, "TLS: the certificate of {addr} has expired"),
+    "not-yet-valid": ({**NAMES, "valid_days": (1, 3)}, "TLS: the certificate of {addr} is not valid yet"),
+    "other-name": ({"dns": ("elsewhere.test",)}, "TLS: the certificate of {addr} is not valid for the name asked for"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_cert_nodes(vault_server, tmp_path_factory) -> Iterator[dict[str, vault_cluster.Node]]:
+    """Real server processes (started, never initialised: a handshake is all these tests need), each
+    with a certificate the session CA signed that a client must refuse."""
+    from vaultsync import devserver
+
+    assert vault_server.ca is not None, "needs the session's server-mode CA"
+    nodes: dict[str, vault_cluster.Node] = {}
+    try:
+        for name, (issue, _) in BAD_CERTS.items():
+            cert = vault_server.ca.issue(f"bad-{name}", **issue)  # type: ignore[arg-type]
+            folder = tmp_path_factory.mktemp(f"bad-{name}")
+            nodes[name] = vault_cluster.Node(devserver.find_server_binary(), folder, vault_server.ca, name, tls=cert).start()
+        yield nodes
+    finally:
+        for node in nodes.values():
+            node.kill()
+
+
+@pytest.mark.parametrize("which", list(BAD_CERTS))
+def test_a_bad_server_certificate_says_what_is_wrong_with_it(vault_server, bad_cert_nodes, base_env, kv2, env_file, which):
+    node = bad_cert_nodes[which]
+    res = dry_run({**base_env, "VAULT_ADDR": node.addr, "VAULT_CACERT": vault_server.cacert}, kv2, env_file)
+    assert res.code == 1, res.output
+    assert BAD_CERTS[which][1].format(addr=node.addr) in res.stderr
+    assert "Traceback" not in res.output
+
+
 # --- mTLS ---------------------------------------------------------------------------------------------
 
 
@@ -181,6 +223,22 @@ def test_mtls_certificate_from_another_ca_is_refused(vault_server, base_env, kv2
            "VAULT_CLIENT_CERT": stranger.cert, "VAULT_CLIENT_KEY": stranger.key}
     res = dry_run(env, kv2, env_file)
     assert res.code == 1 and "refused the client certificate" in res.stderr, res.output
+
+
+def test_a_world_readable_client_key_is_warned_about_once_not_refused(vault_server, base_env, kv2, env_file, client_cert, tmp_path):
+    key = tmp_path / "open-key.pem"
+    shutil.copy(client_cert.key, key)
+    env = {**base_env, "VAULT_ADDR": vault_server.mtls_addr, "VAULT_CACERT": vault_server.cacert,
+           "VAULT_CLIENT_CERT": client_cert.cert, "VAULT_CLIENT_KEY": str(key)}
+    key.chmod(0o600)
+    res = dry_run(env, kv2, env_file)
+    ok(res)
+    assert "readable by every user" not in res.stderr
+    key.chmod(0o644)
+    res = dry_run(env, kv2, env_file)
+    ok(res)
+    assert res.stderr.count(f"warning: the client key {key} is readable by every user (mode 644)") == 1
+    assert [e for e in debug_events(res) if e["event"] == "client key readable by every user"]
 
 
 def test_client_cert_without_key_and_missing_key_file(vault_server, base_env, kv2, env_file, client_cert, tmp_path):
@@ -217,6 +275,14 @@ def test_https_to_a_plain_http_server_says_it_is_not_tls(base_env, kv2, env_file
     assert "does not speak TLS" in res.stderr
 
 
+def test_the_cluster_port_instead_of_the_api_port_names_the_tls_reason(vault_server, base_env, kv2, env_file):
+    addr = f"https://127.0.0.1:{vault_server.node.cluster_port}"
+    res = dry_run({**base_env, "VAULT_ADDR": addr, "VAULT_CACERT": vault_server.cacert}, kv2, env_file)
+    assert res.code == 1, res.output
+    assert f"TLS handshake with {addr} failed (" in res.stderr and "is this the server's API port?" in res.stderr
+    assert "failed (no reason given)" not in res.stderr
+
+
 def test_address_without_scheme_is_a_config_error(vault_server, base_env, kv2, env_file):
     bare = vault_server.addr.removeprefix("https://")
     res = dry_run({**base_env, "VAULT_ADDR": bare}, kv2, env_file)
@@ -230,6 +296,54 @@ def test_server_down_names_the_address_and_the_os_error(vault_server, base_env, 
     res = dry_run({**base_env, "VAULT_ADDR": addr, "VAULT_CACERT": vault_server.cacert}, kv2, env_file)
     assert res.code == 1, res.output
     assert f"cannot reach the server at {addr}: Connection refused" in res.stderr
+
+
+def test_unresolvable_name_and_ipv6_literal_name_the_address_and_the_cause(vault_server, base_env, kv2, env_file):
+    env = {**base_env, "VAULT_CACERT": vault_server.cacert}
+    res = dry_run({**env, "VAULT_ADDR": "https://vault.nonexistent.invalid:8200"}, kv2, env_file)
+    assert res.code == 1, res.output
+    assert "cannot reach the server at https://vault.nonexistent.invalid:8200: name lookup failed" in res.stderr
+    port = free_port()
+    res = dry_run({**env, "VAULT_ADDR": f"https://[::1]:{port}/"}, kv2, env_file)
+    assert res.code == 1, res.output
+    assert f"cannot reach the server at https://[::1]:{port}: " in res.stderr and "Traceback" not in res.output
+
+
+def test_address_with_a_trailing_slash_works(vault_server, base_env, kv2, env_file):
+    ok(dry_run({**base_env, "VAULT_ADDR": vault_server.addr + "/", "VAULT_CACERT": vault_server.cacert}, kv2, env_file))
+
+
+@pytest.mark.parametrize("suffix,code,expect", [
+    ("/v1", 2, "must not end in /v1: vaultsync adds it"),
+    ("/?x=1", 2, "must not hold a query (?) or fragment (#)"),
+    ("/some/prefix", 1, "no Vault API at {addr}/some/prefix: auth/token/lookup-self is not found there"),
+], ids=["v1", "query", "wrong-path"])
+def test_address_with_a_path_or_query_says_what_is_wrong(vault_server, base_env, kv2, env_file, suffix, code, expect):
+    env = {**base_env, "VAULT_ADDR": vault_server.addr + suffix, "VAULT_CACERT": vault_server.cacert}
+    res = dry_run(env, kv2, env_file)
+    assert res.code == code, res.output
+    assert expect.format(addr=vault_server.addr) in res.stderr
+
+
+@pytest.mark.parametrize("addr,expect", [
+    ("https://[::1:8200", "is not a valid URL (check the [IPv6] brackets)"),
+    ("https://:8200", "has no valid host name"),
+    ("https://vault host:8200", "has no valid host name"),
+    ("https://[::1]:82x0", "has an invalid port"),
+    ("ftp://vault:8200", "must start with https:// or http://"),
+], ids=["ipv6-bracket", "no-host", "space", "port", "scheme"])
+def test_a_malformed_address_is_a_config_error_naming_it(base_env, kv2, env_file, addr, expect):
+    res = dry_run({**base_env, "VAULT_ADDR": addr}, kv2, env_file)
+    assert res.code == 2, res.output
+    assert f"error: server address {addr!r} {expect}" in res.stderr
+    assert "Traceback" not in res.output
+
+
+def test_a_password_in_the_address_never_reaches_a_message(vault_server, base_env, kv2, env_file):
+    port = free_port()
+    res = dry_run({**base_env, "VAULT_ADDR": f"https://ops:pa55w0rd-in-url@127.0.0.1:{port}"}, kv2, env_file)
+    assert res.code == 1 and f"cannot reach the server at https://127.0.0.1:{port}: Connection refused" in res.stderr, res.output
+    assert "pa55w0rd-in-url" not in res.output
 
 
 def test_sealed_server_says_sealed_and_names_it(fresh_vault, tmp_path, env_file):
@@ -313,6 +427,73 @@ def test_token_sources_in_the_vault_cli_order_each_logged_and_redacted(vault_ser
     assert [e["source"] for e in debug_events(res) if e["event"] == "token source"] == ["environment (VAULT_TOKEN/BAO_TOKEN)"]
     assert root_token not in res.output
 
+@pytest.mark.parametrize("content,expect", [
+    (b"%s\r\n", None), (b"  %s \t\n\n", None),
+    (b"", "the token file (vault.token_file) is empty"), (b"\n \r\n", "the token file (vault.token_file) is empty"),
+    (b"%s\nsecond-line\n", "the token holds spaces, line breaks"), (b"\xef\xbb\xbf%s\n", "the token file holds bytes no token has"),
+    (b"%s\xff\n", "the token file holds bytes no token has"), (None, "cannot read the token file: Is a directory"),
+], ids=["crlf", "whitespace", "empty", "blank", "two-lines", "bom", "binary", "folder"])
+def test_token_file_shapes_work_or_fail_cleanly_naming_the_file(vault_server, vault_env, kv2, env_file, tmp_path, content, expect):
+    token = vault_server.token
+    tf = tmp_path / "token"
+    if content is None:
+        tf.mkdir()
+    else:
+        tf.write_bytes(content.replace(b"%s", token.encode()))
+    cfg = tmp_path / "vaultsync.toml"
+    cfg.write_text(f'[vault]\ntoken_file = "{tf}"\n')
+    no_token = {k: v for k, v in vault_env.items() if k != "VAULT_TOKEN"}
+    res = dry_run(no_token, kv2, env_file, "--config", str(cfg))
+    if expect is None:
+        ok(res)
+    else:
+        assert res.code == 2, res.output
+        assert f"error: {tf}: {expect}" in res.stderr
+        assert "Traceback" not in res.output
+    assert token not in res.output
+
+
+def test_a_token_in_the_environment_with_a_line_break_inside_is_a_clean_error(vault_server, vault_env, kv2, env_file):
+    token = vault_server.token
+    ok(dry_run({**vault_env, "VAULT_TOKEN": f"{token}\r\n"}, kv2, env_file))  # an env file with CRLF line ends
+    res = dry_run({**vault_env, "BAO_TOKEN": f"{token}\nx", "VAULT_TOKEN": ""}, kv2, env_file)
+    assert res.code == 2 and "VAULT_TOKEN (or BAO_TOKEN): the token holds spaces, line breaks" in res.stderr, res.output
+    assert token not in res.output
+
+
+def test_render_says_why_it_could_not_log_in(vault_server, vault_env, kv2, tmp_path):
+    cfg = tmp_path / "vaultsync.toml"
+    cfg.write_text(f'[kv]\nmount = "{kv2}"\n[services.web]\n[[services.web.destinations]]\npath = "web.env"\n')
+    res = run_cli("--config", str(cfg), "render", env={**vault_env, "VAULT_TOKEN": "hvs.not-a-real-token-at-all-0000"}, cwd=tmp_path)
+    assert res.code == 1 and "error: login failed: invalid token" in res.stderr, res.output
+    addr = f"https://127.0.0.1:{free_port()}"
+    res = run_cli("--config", str(cfg), "render", env={**vault_env, "VAULT_ADDR": addr}, cwd=tmp_path)
+    assert res.code == 1 and f"error: login failed: cannot reach the server at {addr}: Connection refused" in res.stderr, res.output
+
+
+def test_approle_login_ignores_a_personal_token_in_vault_token_and_home(kv2, root, cli, vault_env, tmp_path):
+    """An operator's stale `vault login` token (or VAULT_TOKEN) on the host must not ride along with
+    an AppRole login: sent with the wrapped secret_id's unwrap it failed and read as an attack."""
+    import uuid
+
+    approle = "approle-" + uuid.uuid4().hex[:8]
+    cfg = tmp_path / "vaultsync.toml"
+    cfg.write_text(f'[kv]\nmount = "{kv2}"\nprefix = "compose"\n[auth]\nmount = "{approle}"\n'
+                   '[services.web]\n[[services.web.destinations]]\npath = "web.env"\n')
+    root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"A": "1"}, mount_point=kv2)
+    assert cli("--config", str(cfg), "policies", "apply", str(tmp_path)).code == 0
+    creds = tmp_path / "creds"
+    assert cli("--config", str(cfg), "approle", "credentials", "web", "--out", str(creds), "--wrap-ttl", "60s").code == 0
+    cfg.write_text(cfg.read_text().replace(
+        "[auth]\n", f'[auth]\nmethod = "approle"\nrole_name = "web"\nrole_id_file = "{creds / "role_id"}"\n'
+                    f'secret_id_file = "{creds / "secret_id"}"\nsecret_id_wrapped = true\n'))
+    home = Path(vault_env["HOME"])
+    (home / ".vault-token").write_text("hvs.stale-personal-token-from-vault-login\n")
+    env = {**vault_env, "VAULT_TOKEN": "hvs.stale-token-in-the-environment-000"}
+    res = run_cli("--config", str(cfg), "render", env=env, cwd=tmp_path)
+    assert res.code == 0, res.output
+    assert "security" not in res.stderr
+    assert (tmp_path / "web.env").read_text() == HEADER + "A='1'\n"
 
 
 # --- the daemon with a static token ---------------------------------------------------------------------
@@ -336,7 +517,32 @@ def test_daemon_static_token_at_max_ttl_says_once_that_it_cannot_log_in_again(kv
         # After the token is gone the daemon keeps trying (backed off) but says it only once.
         wait_for(lambda: d.count("login failed") >= 2, 60, "logins failing after expiry")
         assert d.count("static token cannot log in again") == 1
-        assert (work / "web.env").read_text() == "A='1'\n"  # the last good file stays
+        assert (work / "web.env").read_text() == HEADER + "A='1'\n"  # the last good file stays
     finally:
         d.stop()
     assert token not in d.log.read_text()
+
+
+def test_daemon_with_a_token_file_an_agent_rewrites_logs_in_with_the_new_token_without_crying_wolf(kv2, root, vault_server, tmp_path):
+    from tests.daemon_harness import DaemonProc, daemon_env, wait_for
+    from tests.least_privilege import daemon_token
+    from tests.test_daemon import config
+
+    root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"A": "1"}, mount_point=kv2)
+    work = tmp_path / "work"
+    work.mkdir()
+    token_file = work / "agent-token"
+    token_file.write_text(daemon_token(root, kv_mount=kv2, ttl="4s", explicit_max_ttl="10s") + "\n")
+    cfg = config(work, kv2, '[services.web]\n[[services.web.destinations]]\npath = "web.env"\n', poll="1s")
+    cfg.write_text(cfg.read_text().replace("[vault]\n", f'[vault]\ntoken_file = "{token_file}"\n', 1))
+    env = {k: v for k, v in daemon_env(vault_server, "", work).items() if k != "VAULT_TOKEN"}
+    d = DaemonProc(cfg, env, work).start()
+    try:
+        # What an agent's file sink does before the old token's max TTL: write the next token.
+        token_file.write_text(daemon_token(root, kv_mount=kv2, ttl="1h") + "\n")
+        wait_for(lambda: d.count("logged in") >= 2, 30, "a login with the rewritten token file")
+        root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"A": "2"}, mount_point=kv2)
+        wait_for(lambda: (work / "web.env").read_text() == HEADER + "A='2'\n", 30, "a change read with the new token")
+        assert d.count("static token cannot log in again") == 0
+    finally:
+        d.stop()

@@ -332,8 +332,9 @@ def test_sighup_reload_adds_and_removes_services_and_status_reports(kv2, root, v
 
 def test_sigterm_with_revoke_on_exit_revokes_leases_and_token(kv2, root, vault_server, postgres_server, workdir):
     db = database_engine(root, postgres_server, default_ttl="1m", max_ttl="5m")
-    cfg = config(workdir, kv2, f'[services.api]\ndynamic = {{ db = "{db}/creds/api" }}\n[[services.api.destinations]]\npath = "api.env"\n',
-                 extra="revoke_on_exit = true")
+    # No KV secret for this service, only a lease: optional = true says that is expected.
+    cfg = config(workdir, kv2, f'[services.api]\noptional = true\ndynamic = {{ db = "{db}/creds/api" }}\n'
+                 '[[services.api.destinations]]\npath = "api.env"\n', extra="revoke_on_exit = true")
     token = short_token(root)
     d = DaemonProc(cfg, daemon_env(vault_server, token, workdir), workdir).start()
     creds = dotenv_values(workdir / "api.env")
@@ -362,6 +363,8 @@ CONTRACT = {
     "vaultsync_build_info": {"version"},
     "vaultsync_vault_requests_total": {"result"},
     "vaultsync_hooks_total": {"service", "destination", "result"},
+    "vaultsync_job_lateness_seconds": {"kind"},
+    "vaultsync_job_crashes_total": {"kind"},
 }
 
 
@@ -375,9 +378,13 @@ def test_metrics_contract_is_exported_from_the_start(kv2, root, vault_server, po
         series = wait_for(lambda: (m := d.metrics()) and ("vaultsync_hooks_total", (("destination", "api.env"), ("result", "success"), ("service", "api"))) in m and m,
                           15, "the first hook counted")
         labels: dict[str, set[str]] = {}
+        names = {name for name, _ in series}
         for name, pairs in series:
-            if name.startswith("vaultsync_") and not name.endswith("_created"):  # client-side counter birth times
-                labels.setdefault(name, set()).update(k for k, _ in pairs)
+            if not name.startswith("vaultsync_") or name.endswith("_created"):  # client-side birth times
+                continue
+            family = re.sub(r"_(bucket|count|sum)$", "", name)  # a histogram's samples name its family
+            family = family if family + "_bucket" in names else name
+            labels.setdefault(family, set()).update(k for k, _ in pairs if k != "le")
         assert labels == CONTRACT, "the exported series differ from the contract"
         assert d.metric("vaultsync_lease_expiry_timestamp_seconds", service="api", secret="db") > time.time() + 500
         assert d.metric("vaultsync_vault_requests_total", result="ok") > 0
@@ -479,7 +486,7 @@ def test_status_command_reports_token_leases_and_destinations(kv2, root, vault_s
         text = cli("status", "--metrics-addr", f"127.0.0.1:{d.port}")
         assert text.code == 0, text.output
         assert "ready: True" in text.stdout and "api: kv compose/api v1" in text.stdout
-        # "unchanged" once a poll has confirmed the file (a loaded machine may get there first)
+        # rendered at start ("success"), or already confirmed by a poll since ("unchanged")
         assert "lease db: " in text.stdout and re.search(rf"{re.escape(str(workdir / 'api.env'))}: (success|unchanged)\n", text.stdout)
         doc = json.loads(cli("status", "--metrics-addr", f"127.0.0.1:{d.port}", "--output", "json").stdout)
         assert 500 < doc["services"]["api"]["leases"]["db"]["time_left"] <= 600
@@ -493,6 +500,7 @@ def test_status_command_reports_token_leases_and_destinations(kv2, root, vault_s
 
 def test_render_command_renders_the_other_services_when_one_fails(kv2, root, vault_server, cli, workdir):
     root.secrets.kv.v2.create_or_update_secret(path="compose/good", secret={"A": "1"}, mount_point=kv2)
+    root.secrets.kv.v2.create_or_update_secret(path="compose/broken", secret={"B": "1"}, mount_point=kv2)
     cfg = config(workdir, kv2, '[services.broken]\ndynamic = { db = "no-such-mount/creds/x" }\n'
                  '[[services.broken.destinations]]\npath = "broken.env"\n'
                  '[services.good]\n[[services.good.destinations]]\npath = "good.env"\n')
@@ -507,7 +515,8 @@ def test_a_missing_kv_path_is_never_rendered_empty_keeps_the_file_and_is_not_rea
     cfg = config(workdir, kv2, '[services.ghost]\n[[services.ghost.destinations]]\npath = "ghost.env"\n', poll="1s")
     d = DaemonProc(cfg, daemon_env(vault_server, short_token(root), workdir), workdir).start(wait_ready=False)
     try:
-        wait_for(lambda: d.count("kv read failed") >= 2, 10, "the missing source retried")
+        wait_for(lambda: d.metric("vaultsync_render_total", service="ghost", destination="ghost.env",
+                                  result="source_missing") >= 2, 10, "the missing source looked for again")
         assert d._get("/readyz").status_code == 503
         assert (workdir / "ghost.env").read_text() == "A='previous'\n", "an empty render replaced the file"
         root.secrets.kv.v2.create_or_update_secret(path="compose/ghost", secret={"A": "now"}, mount_point=kv2)

@@ -133,7 +133,7 @@ def test_cli_exits_3_on_conflict_and_says_what_was_written(kv2, root, vault_serv
     res = CliRunner().invoke(cli_module.main, ["migrate", "--mount", kv2, str(api), str(web)])
     assert res.exit_code == 3, res.output
     assert "conflict: " + kv2 + "/compose/api" in res.output
-    assert "1 secrets were NOT written" in res.output
+    assert "1 written, 1 not written, 0 unknown" in res.output
     assert read(root, kv2, 2, "compose/api") == {"A": "theirs"}
     assert read(root, kv2, 2, "compose/web") == {"W": "mine"}
 

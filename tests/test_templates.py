@@ -99,3 +99,14 @@ def test_names_the_template_spells_are_shown():
         tpl("{{ A.nope }}", {"A": "x"})
     with pytest.raises(FormatError, match=r"no attribute or key 7"):
         tpl("{{ A.split()[7] }}", {"A": "x"})
+
+
+@pytest.mark.parametrize("source", ["{{ 'a' * 10**9 }}", "{{ [A] * 10**9 }}", "{{ 10 ** (10 ** 9) }}", "{{ range(10**9) | list }}"])
+def test_a_template_cannot_build_a_huge_result(source):
+    with pytest.raises(FormatError, match=rf"template {TPL}:1: "):
+        tpl(source, {"A": "x"})
+
+
+def test_include_of_another_file_is_not_the_template_itself():
+    with pytest.raises(FormatError, match=rf"template {TPL}:1: TemplateNotFound"):
+        tpl('{% include "header.j2" %}', {"A": "x"})

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,10 +60,13 @@ class CA:
     _cert: Any = field(repr=False)
     _key: Any = field(repr=False)
 
-    def issue(self, name: str, *, dns: tuple[str, ...] = (), ips: tuple[str, ...] = (), client: bool = False) -> CertFiles:
-        """A leaf certificate and key (PEM files, 0600 key) signed by this CA."""
+    def issue(self, name: str, *, dns: tuple[str, ...] = (), ips: tuple[str, ...] = (), client: bool = False,
+              valid_days: tuple[float, float] = (0, 2)) -> CertFiles:
+        """A leaf certificate and key (PEM files, 0600 key) signed by this CA, valid from ``valid_days[0]``
+        to ``valid_days[1]`` days from now (minus five minutes of clock slack)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
+        start, end = (now + datetime.timedelta(days=d) for d in valid_days)
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
         builder = (
@@ -71,8 +75,8 @@ class CA:
             .issuer_name(self._cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=2))
+            .not_valid_before(start - datetime.timedelta(minutes=5))
+            .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -138,7 +142,9 @@ class Node:
     """One server process in server mode, with its storage, ports and log in ``folder``."""
 
     def __init__(self, binary: str, folder: Path, ca: CA, node_id: str, *, mtls_listener: bool = False,
-                 join: list[str] | None = None) -> None:
+                 join: list[str] | None = None, tls: CertFiles | None = None) -> None:
+        """``tls``: the listener's certificate (default: one for ``SERVER_NAMES`` and 127.0.0.1, valid now).
+        A node given a certificate a client must refuse is only reached by :meth:`start` (no API calls)."""
         self.binary, self.folder, self.ca, self.node_id = binary, folder, ca, node_id
         self.port, self.cluster_port = free_port(), free_port()
         self.mtls_port = free_port() if mtls_listener else None
@@ -147,7 +153,8 @@ class Node:
         self.keys = Keys()
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.folder / "raft").mkdir(exist_ok=True, mode=0o700)
-        self.tls = ca.issue(f"server-{node_id}", dns=SERVER_NAMES, ips=("127.0.0.1",))
+        self.tls = tls or ca.issue(f"server-{node_id}", dns=SERVER_NAMES, ips=("127.0.0.1",))
+        self._trusted = tls is None  # the fixture's own calls verify the certificate it made
         self.audit_log = self.folder / "audit.log"
         self.log = self.folder / "server.log"
         self._write_config()
@@ -194,7 +201,11 @@ class Node:
                 [self.binary, "server", f"-config={self.folder / 'server.hcl'}"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
             )
-        self.wait(lambda h: h is not None, 60, "the API to answer")
+        try:
+            self.wait(lambda h: h is not None, 60, "the API to answer")
+        except NodeError:
+            self.kill()  # never leave a process behind a failed fixture
+            raise
         return self
 
     def stop(self, timeout: float = 20) -> None:
@@ -238,8 +249,12 @@ class Node:
 
     def _api(self, method: str, path: str, token: str | None = None, **kw: Any) -> requests.Response:
         headers = {"X-Vault-Token": token} if token else {}
-        return requests.request(method, f"{self.addr}/v1/{path}", headers=headers, verify=self.ca.cert_file,
-                                timeout=kw.pop("timeout", 10), **kw)
+        kw.setdefault("timeout", 10)
+        if self._trusted:
+            return requests.request(method, f"{self.addr}/v1/{path}", headers=headers, verify=self.ca.cert_file, **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # InsecureRequestWarning: this certificate is bad on purpose
+            return requests.request(method, f"{self.addr}/v1/{path}", headers=headers, verify=False, **kw)
 
     def health(self) -> dict[str, Any] | None:
         """``sys/health`` (any status code), or None when the node does not answer."""

@@ -6,12 +6,13 @@ import functools
 import os
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from vaultsync import __version__, config, devserver, tracing
+from vaultsync import __version__, config, devserver, leases, tracing
 from vaultsync import logging as vlog
 from vaultsync.errors import BadInput, ConfigError, VaultsyncError
 
@@ -89,11 +90,13 @@ def main(ctx: click.Context, config_path: str | None, addr: str | None, namespac
 @click.option("--concurrency", type=click.IntRange(1, 64), help="Parallel requests [default: 8].")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged keys too.")
+@click.option("--deadline", default="5m", show_default=True,
+              help="Give up on writes not started by then (reported; a re-run converges).")
 @click.pass_obj
 @handle_errors
 def migrate(state: State, env_files: tuple[str, ...], service: str | None, secret_path: str | None, mount: str | None,
             prefix: str | None, kv_version: int | None, dry_run: bool, prune: bool, strict: bool, interpolate: bool,
-            interpolate_env: tuple[str, ...], concurrency: int | None, output: str, verbose: bool) -> None:
+            interpolate_env: tuple[str, ...], concurrency: int | None, output: str, verbose: bool, deadline: str) -> None:
     """Import ENV_FILES into KV: print a masked plan, then write with check-and-set.
 
     Exit codes: 0 done, 1 failure, 2 bad input, 3 conflict (someone else wrote first).
@@ -102,6 +105,10 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
     from vaultsync.connection import preflight
     from vaultsync.vault import KV, detect_kv_version, make_client
 
+    try:
+        deadline_at = time.monotonic() + leases.parse_duration(deadline)
+    except ValueError as exc:
+        raise BadInput(f"--deadline: {exc}") from None
     s = state.settings(**{"kv.mount": mount, "kv.prefix": prefix, "kv.version": kv_version, "migrate.concurrency": concurrency})
     if env_files:
         if secret_path and len(env_files) > 1:
@@ -143,27 +150,25 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
     with tracing.span("vaultsync.migrate.apply", mount=kv.mount, writes=len(the_plan.writes)) as sp:
         if output == "text" and sys.stderr.isatty():
             with click.progressbar(length=len(the_plan.writes), label="writing", file=sys.stderr) as bar:
-                outcome = m.apply(kv, the_plan, concurrency=s.migrate.concurrency, progress=lambda _sp: bar.update(1))
+                outcome = m.apply(kv, the_plan, concurrency=s.migrate.concurrency, progress=lambda _sp: bar.update(1),
+                                  deadline=deadline_at)
         else:
-            outcome = m.apply(kv, the_plan, concurrency=s.migrate.concurrency)
-        tracing.set_attributes(sp, written=len(outcome.written), conflicts=len(outcome.conflicts), failed=len(outcome.failed))
-    log.info("migrate applied", written=len(outcome.written), conflicts=len(outcome.conflicts), failed=len(outcome.failed))
+            outcome = m.apply(kv, the_plan, concurrency=s.migrate.concurrency, deadline=deadline_at)
+        tracing.set_attributes(sp, written=len(outcome.written), conflicts=len(outcome.conflicts), failed=len(outcome.failed),
+                               unknown=len(outcome.unknown), abandoned=len(outcome.abandoned))
+    log.info("migrate applied", written=len(outcome.written), conflicts=len(outcome.conflicts), failed=len(outcome.failed),
+             unknown=len(outcome.unknown), abandoned=len(outcome.abandoned), abandon_reason=outcome.abandon_reason)
     if output == "json":
         click.echo(json.dumps({
             "plan": m.plan_as_dict(the_plan), "dry_run": False,
             "result": {"written": outcome.written, "conflicts": outcome.conflicts,
-                       "failed": [{"path": p, "error": e} for p, e in outcome.failed]},
+                       "failed": [{"path": p, "error": e} for p, e in outcome.failed],
+                       "unknown": [{"path": p, "error": e} for p, e in outcome.unknown],
+                       "abandoned": outcome.abandoned, "abandon_reason": outcome.abandon_reason},
             "exit_code": outcome.exit_code,
         }, indent=2))
     else:
-        click.echo(f"Wrote {len(outcome.written)} of {len(the_plan.writes)} secrets.")
-        for path in outcome.conflicts:
-            click.echo(f"conflict: {kv.mount}/{path} was changed by someone else after planning; not written. Re-run to see the new plan.", err=True)
-        for path, reason in outcome.failed:
-            click.echo(f"failed: {kv.mount}/{path}: {reason}", err=True)
-        not_written = len(the_plan.writes) - len(outcome.written)
-        if not_written:
-            click.echo(f"{not_written} secrets were NOT written; the others were.", err=True)
+        _print_outcome(outcome, kv.mount, len(the_plan.writes))
     if outcome.exit_code:
         sys.exit(outcome.exit_code)
 
@@ -183,7 +188,8 @@ def export_cmd(state: State, secret_path: str, style: str, out_file: str | None,
                mount: str | None, kv_version: int | None) -> None:
     """Write the secret at PATH (under the mount, e.g. compose/web) as an env file: the inverse of migrate.
 
-    Exit codes: 0 done, 1 no such secret or server error, 2 a key or value the style cannot carry."""
+    Exit codes: 0 done, 1 no such secret, a server or write error, 2 a key or value the style cannot carry
+    (or --out exists without --force)."""
     from vaultsync import export, render
     from vaultsync.vault import KV, detect_kv_version, make_client
 
@@ -233,6 +239,23 @@ def dev_up(port: int | None) -> None:
 def dev_down() -> None:
     """Stop the dev server started by `dev up`."""
     click.echo("stopped" if devserver.down() else "no dev server was running")
+
+
+def _print_outcome(outcome: Any, mount: str, planned: int) -> None:
+    """Written, not written and unknown, each said separately: a timeout is not a "no"."""
+    click.echo(f"Wrote {len(outcome.written)} of {planned} secrets.")
+    for path in outcome.conflicts:
+        click.echo(f"conflict: {mount}/{path} was changed by someone else after planning; not written. Re-run to see the new plan.", err=True)
+    for path, reason in outcome.failed:
+        click.echo(f"failed: {mount}/{path}: {reason} (not written)", err=True)
+    for path, reason in outcome.unknown:
+        click.echo(f"unknown: {mount}/{path}: {reason}; it may have been written (re-run to converge)", err=True)
+    if outcome.abandoned:
+        click.echo(f"not written: {len(outcome.abandoned)} secrets not attempted ({outcome.abandon_reason}).", err=True)
+    not_written = len(outcome.not_written)
+    if not_written or outcome.unknown:
+        click.echo(f"{len(outcome.written)} written, {not_written} not written, {len(outcome.unknown)} unknown "
+                   "(re-run to converge).", err=True)
 
 
 # --- policies and AppRoles ----------------------------------------------------------------
@@ -376,7 +399,7 @@ def render_cmd(state: State, output: str) -> None:
                 click.echo(f"{service}: {path}: {result}")
     for message in errors.values():
         click.echo(f"error: {vlog.scrub(message)}", err=True)
-    if errors or any(r == "failure" for dests in results.values() for r in dests.values()):
+    if errors or any(r in ("failure", "source_missing") for dests in results.values() for r in dests.values()):
         sys.exit(1)
 
 
@@ -402,9 +425,12 @@ def status(state: State, metrics_addr: str | None, output: str) -> None:
     tok = doc["token"]
     left = "never expires" if tok["time_left"] is None else f"{tok['time_left']:.0f}s left"
     click.echo(f"ready: {doc['ready']}   token ({tok['method']}): {'authenticated' if tok['authenticated'] else 'NOT authenticated'}, {left}")
+    if tok.get("error"):
+        click.echo(f"  token error: {tok['error']}")
     for name, svc in doc["services"].items():
         kv = svc["kv"]
-        click.echo(f"{name}: kv {kv['path']} v{kv['version']}{'' if kv['found'] else ' (not found)'}")
+        missing = " (missing: last files kept)" if kv.get("missing") else "" if kv["found"] else " (not found)"
+        click.echo(f"{name}: kv {kv['path']} v{kv['version']}{missing}")
         for lname, lease in svc["leases"].items():
             click.echo(f"  lease {lname}: {lease['time_left']:.0f}s left, next: {lease['next']}")
         for path, dest in svc["destinations"].items():

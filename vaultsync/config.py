@@ -122,6 +122,12 @@ class ServiceSettings:
     dynamic: Mapping[str, str] = field(default_factory=dict)  # name -> path, e.g. db -> database/creds/api
     destinations: tuple[Destination, ...] = ()
     rotate: tuple[RotateSpec, ...] = ()
+    on_delete: str = "keep"  # KV secret deleted or absent: keep the last files, or render "empty" (no KV keys)
+
+
+#: Smallest ``length`` per generator: hex and base64url count random bytes, alphanumeric
+#: characters; each minimum is about 128 bits of randomness.
+ROTATE_MIN_LENGTH = {"hex": 16, "base64url": 16, "alphanumeric": 22}
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,8 @@ class DaemonSettings:
     revoke_on_exit: bool = False
     lease_revoke_grace: float = 30.0
     lock_ttl: float = 60.0
+    revoke_on_start: bool = False  # revoke the leases the previous run recorded (see state_file)
+    state_file: str | None = None  # where lease ids are recorded; default under $XDG_STATE_HOME/vaultsync
 
 
 @dataclass(frozen=True)
@@ -208,6 +216,13 @@ def _from_dict(raw: Mapping[str, Any], src: str, base_dir: Path) -> Settings:
     services = {
         name: _service(name, body, src, kv.prefix, base_dir) for name, body in raw.get("services", {}).items()
     }
+    writers: dict[str, str] = {}
+    for name, svc in services.items():
+        for dest in svc.destinations:
+            other = writers.setdefault(os.path.normpath(dest.path), name)
+            if other != name:
+                raise ConfigError(f"{src}: services.{name}: destination {dest.path} is also written by services.{other}")
+    daemon = replace(daemon, state_file=_rel(daemon.state_file, base_dir))
     return Settings(vault=vault, kv=kv, migrate=migrate, auth=auth, daemon=daemon, services=services, source=src)
 
 
@@ -244,8 +259,14 @@ def _service(name: str, body: Mapping[str, Any], src: str, prefix: str, base_dir
         _positive(r.every, src, f"{where}.rotate[{i}].every")
         if not _ENV_NAME.match(r.key):
             raise ConfigError(f"{src}: {where}.rotate: key {r.key!r} is not a valid variable name")
-        if r.generator not in ("hex", "base64url", "alphanumeric"):
+        if r.generator not in ROTATE_MIN_LENGTH:
             raise ConfigError(f"{src}: {where}.rotate: generator must be hex, base64url or alphanumeric")
+        if r.length < ROTATE_MIN_LENGTH[r.generator]:
+            unit = "characters" if r.generator == "alphanumeric" else "bytes"
+            raise ConfigError(f"{src}: {where}.rotate[{i}].length must be at least {ROTATE_MIN_LENGTH[r.generator]} "
+                              f"{unit} for generator {r.generator!r} (got {r.length})")
+    if svc.on_delete not in ("keep", "empty"):
+        raise ConfigError(f"{src}: {where}.on_delete must be \"keep\" or \"empty\"")
     return replace(svc, destinations=dests, rotate=rotate, dynamic=dict(svc.dynamic))
 
 
@@ -402,16 +423,35 @@ def token_with_source(vault: VaultSettings) -> tuple[str | None, str]:
     """The token and where it came from, in the Vault CLI's order: ``VAULT_TOKEN``/``BAO_TOKEN``,
     then ``vault.token_file``, then ``~/.vault-token`` (what ``vault login`` writes)."""
     if vault.token:
-        return vault.token, "environment (VAULT_TOKEN/BAO_TOKEN)"
+        return _clean_token(vault.token, "VAULT_TOKEN (or BAO_TOKEN)"), "environment (VAULT_TOKEN/BAO_TOKEN)"
     if vault.token_file:
-        try:
-            return Path(vault.token_file).read_text(encoding="utf-8").strip() or None, f"token_file {vault.token_file}"
-        except OSError as exc:
-            raise ConfigError(f"{vault.token_file}: cannot read token file: {exc.strerror}") from None
-    helper = Path.home() / ".vault-token"
-    try:
-        return helper.read_text(encoding="utf-8").strip() or None, str(helper)
-    except FileNotFoundError:
+        token = _read_token_file(Path(vault.token_file))
+        if token is None:
+            raise ConfigError(f"{vault.token_file}: the token file (vault.token_file) is empty")
+        return token, f"token_file {vault.token_file}"
+    helper = Path.home() / ".vault-token"  # as the Vault CLI: absent or empty means no token
+    if not helper.exists():
         return None, "none"
+    return _read_token_file(helper), str(helper)
+
+
+def _read_token_file(path: Path) -> str | None:
+    """The token in ``path`` (surrounding whitespace and line ends dropped); None if it is empty."""
+    try:
+        raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"{helper}: cannot read token file: {exc.strerror}") from None
+        raise ConfigError(f"{path}: cannot read the token file: {exc.strerror}") from None
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the token file holds bytes no token has (binary, a BOM, or not ASCII)") from None
+    return _clean_token(text, str(path)) or None
+
+
+def _clean_token(token: str, where: str) -> str:
+    """``token`` without surrounding whitespace; one inside (two lines, a space) is an error naming
+    ``where`` and never the value: sent as a header it would fail with an opaque message."""
+    token = token.strip()
+    if any(c.isspace() or not c.isprintable() or not c.isascii() for c in token):
+        raise ConfigError(f"{where}: the token holds spaces, line breaks or other characters no token has")
+    return token

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import hvac.exceptions
 import requests
@@ -28,29 +29,53 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from vaultsync.config import VaultSettings
-from vaultsync.errors import ConfigError, TokenInvalid
-from vaultsync.logging import get_logger
+from vaultsync.errors import ConfigError, TokenInvalid, VaultError
+from vaultsync.logging import get_logger, register_secret
 
 log = get_logger()
-
-_insecure_warned = False
 
 
 # --- address and TLS files -------------------------------------------------------------------------
 
 
 def check_addr(addr: str) -> str:
-    """The server address as a base URL; a missing or unknown scheme is a config error, not
-    requests' ``InvalidSchema``."""
-    parts = urlsplit(addr.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        hint = f" (write it as https://{addr.strip()})" if "://" not in addr else ""
-        raise ConfigError(f"server address {addr!r} must start with https:// or http://{hint}")
+    """The server address as a base URL. What requests would refuse later with an opaque error (no
+    scheme, no host, a bad port or [IPv6] literal, a query) is a config error naming the address now."""
+    addr = addr.strip()
+    shown = _without_userinfo(addr)
+    try:
+        parts = urlsplit(addr if "://" in addr else f"https://{addr}")
+    except ValueError:
+        raise ConfigError(f"server address {shown!r} is not a valid URL (check the [IPv6] brackets)") from None
+    register_secret(parts.password)  # user:password@ in an address: never in a log line or message
     try:
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:
-        raise ConfigError(f"server address {addr!r} has an invalid port") from None
-    return addr.strip().rstrip("/")
+        raise ConfigError(f"server address {shown!r} has an invalid port") from None
+    problem = _addr_problem(addr, parts)
+    if problem:
+        raise ConfigError(f"server address {shown!r} {problem}")
+    # A path is kept (a reverse proxy may serve the API under a prefix), as in the Vault CLI.
+    return addr.rstrip("/")
+
+
+def _addr_problem(addr: str, parts: SplitResult) -> str | None:
+    if "://" not in addr:
+        return f"must start with https:// or http:// (write it as https://{_without_userinfo(addr)})"
+    if parts.scheme not in ("http", "https"):
+        return "must start with https:// or http://"
+    if not parts.hostname or any(c.isspace() for c in parts.hostname):
+        return "has no valid host name"
+    if parts.query or parts.fragment or "?" in addr or "#" in addr:
+        return "must not hold a query (?) or fragment (#)"
+    if parts.path.rstrip("/").endswith("/v1"):
+        return "must not end in /v1: vaultsync adds it (give the server's address, e.g. https://vault.example.com:8200)"
+    return None
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` without ``user:password@``: a password in an address must not reach a message."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#@]*@", r"\1", url.strip())
 
 
 def _require_file(path: str, what: str) -> None:
@@ -64,14 +89,15 @@ def _require_file(path: str, what: str) -> None:
 
 
 def _ca_context_from_folder(folder: str) -> ssl.SSLContext:
-    """Every PEM certificate in ``folder`` (as the Vault CLI reads VAULT_CAPATH: any file
-    name, no OpenSSL hash links needed)."""
+    """Every PEM certificate in ``folder`` and its sub-folders (as the Vault CLI walks VAULT_CAPATH:
+    any file name, no OpenSSL hash links needed). Unlike it, a file holding no certificate (a README)
+    is skipped rather than an error."""
     if not os.path.isdir(folder):
         raise ConfigError(f"{folder}: the CA folder (capath) does not exist or is not a folder")
     # A bare client context: no system roots, the Vault CLI trusts only the folder.
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     loaded = 0
-    for entry in sorted(Path(folder).iterdir()):
+    for entry in sorted(Path(folder).rglob("*")):
         if not entry.is_file():
             continue
         try:
@@ -101,36 +127,44 @@ class TLSOptions:
 
 
 def tls_options(vault: VaultSettings) -> TLSOptions:
-    pool_kw: dict[str, Any] = {}
-    verify: bool | str = True
+    verify, pool_kw = _server_verification(vault)
+    if vault.tls_server_name:
+        pool_kw["server_hostname"] = vault.tls_server_name  # SNI
+        pool_kw["assert_hostname"] = vault.tls_server_name  # and the name the certificate must carry
+    return TLSOptions(verify, _client_certificate(vault), pool_kw)
+
+
+def _server_verification(vault: VaultSettings) -> tuple[bool | str, dict[str, Any]]:
+    """``verify`` for requests, and the pool's CA-folder context: a CA file wins over a folder;
+    with neither, the system's CAs."""
     if not vault.tls_verify:
-        verify = False
-    elif vault.cacert:
+        return False, {}
+    if vault.cacert:
         _require_file(vault.cacert, "CA certificate file (cacert)")
         try:
             ssl.create_default_context(cafile=vault.cacert)
         except ssl.SSLError:
             raise ConfigError(f"{vault.cacert}: the CA certificate file (cacert) holds no valid PEM certificate") from None
-        verify = vault.cacert
-    elif vault.capath:
-        pool_kw["ssl_context"] = _ca_context_from_folder(vault.capath)
-        verify = vault.capath  # requests checks it exists; the context above holds the certificates
-    cert = None
-    if vault.client_cert or vault.client_key:
-        if not (vault.client_cert and vault.client_key):
-            raise ConfigError("a client certificate needs both client_cert and client_key "
-                              "(VAULT_CLIENT_CERT and VAULT_CLIENT_KEY)")
-        _require_file(vault.client_cert, "client certificate (client_cert)")
-        _require_file(vault.client_key, "client key (client_key)")
-        try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(vault.client_cert, vault.client_key)
-        except ssl.SSLError:
-            raise ConfigError(f"{vault.client_cert}, {vault.client_key}: not a PEM certificate and its matching key") from None
-        cert = (vault.client_cert, vault.client_key)
-    if vault.tls_server_name:
-        pool_kw["server_hostname"] = vault.tls_server_name  # SNI
-        pool_kw["assert_hostname"] = vault.tls_server_name  # and the name the certificate must carry
-    return TLSOptions(verify, cert, pool_kw)
+        return vault.cacert, {}
+    if vault.capath:
+        # requests only checks that the folder exists; the context holds its certificates.
+        return vault.capath, {"ssl_context": _ca_context_from_folder(vault.capath)}
+    return True, {}
+
+
+def _client_certificate(vault: VaultSettings) -> tuple[str, str] | None:
+    if not (vault.client_cert or vault.client_key):
+        return None
+    if not (vault.client_cert and vault.client_key):
+        raise ConfigError("a client certificate needs both client_cert and client_key "
+                          "(VAULT_CLIENT_CERT and VAULT_CLIENT_KEY)")
+    _require_file(vault.client_cert, "client certificate (client_cert)")
+    _require_file(vault.client_key, "client key (client_key)")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(vault.client_cert, vault.client_key)
+    except ssl.SSLError:
+        raise ConfigError(f"{vault.client_cert}, {vault.client_key}: not a PEM certificate and its matching key") from None
+    return vault.client_cert, vault.client_key
 
 
 def configure_session(session: requests.Session, adapter: HTTPAdapter, vault: VaultSettings) -> None:
@@ -142,20 +176,36 @@ def configure_session(session: requests.Session, adapter: HTTPAdapter, vault: Va
     # urllib3 drops these keywords for http:// pools, so they only ever touch TLS connections.
     adapter.poolmanager.connection_pool_kw.update(tls.pool_kw)
     if not vault.tls_verify:
-        warn_insecure(vault.addr)
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # else one per request
+        addr = _without_userinfo(vault.addr)
+        _warn_once(f"TLS verification is OFF for {addr} (tls-skip-verify / VAULT_SKIP_VERIFY / tls_verify = false): "
+                   "not for production", "tls verification disabled", addr=addr)
+    if tls.cert:
+        _warn_if_world_readable(tls.cert[1])
 
 
-def warn_insecure(addr: str) -> None:
-    """Once per process, on stderr and in the log: verification is off."""
-    global _insecure_warned
-    # urllib3 would otherwise warn on every single request.
-    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-    if _insecure_warned:
+def _warn_if_world_readable(key: str) -> None:
+    """A warning, not a refusal: the Vault CLI accepts such a key, and a Kubernetes secret volume
+    is world-readable unless its defaultMode says otherwise."""
+    try:
+        mode = os.stat(key).st_mode & 0o777
+    except OSError:
         return
-    _insecure_warned = True
-    msg = f"TLS verification is OFF for {addr} (tls-skip-verify / VAULT_SKIP_VERIFY / tls_verify = false): not for production"
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
-    log.warning("tls verification disabled", addr=addr)
+    if mode & 0o004:
+        _warn_once(f"the client key {key} is readable by every user (mode {mode:o}): chmod 600 it",
+                   "client key readable by every user", file=key, mode=f"{mode:o}")
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str, event: str, **context: str) -> None:
+    """Once per process and message: on stderr (a person runs the command) and in the log."""
+    if message in _warned:
+        return
+    _warned.add(message)
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+    log.warning(event, **context)
 
 
 # --- what a failure means --------------------------------------------------------------------------
@@ -179,13 +229,14 @@ def server_of(exc: BaseException) -> str:
     if not url:
         return "the server"
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else "the server"
+    host = parts.netloc.rpartition("@")[2]  # never a user:password of the address
+    return f"{parts.scheme}://{host}" if host else "the server"
 
 
 # OpenSSL X509_V_ERR_* codes (x509_vfy.h); 7 (signature failure): a CA of the same name did not sign it
 _UNKNOWN_CA = {2, 7, 18, 19, 20, 21}
 _NAME_MISMATCH = {62, 64}
-_EXPIRED = {9, 10}
+_NOT_YET_VALID, _EXPIRED = 9, 10
 
 
 def _explain_tls(exc: BaseException, server: str) -> str:
@@ -202,8 +253,11 @@ def _explain_tls(exc: BaseException, server: str) -> str:
             if code in _NAME_MISMATCH:
                 return (f"TLS: the certificate of {server} is not valid for the name asked for ({c.verify_message}); "
                         "connect by a name the certificate carries, or set VAULT_TLS_SERVER_NAME to one")
-            if code in _EXPIRED:
-                return f"TLS: the certificate of {server} is expired or not yet valid"
+            if code == _EXPIRED:
+                return f"TLS: the certificate of {server} has expired ({c.verify_message}); the server needs a new one"
+            if code == _NOT_YET_VALID:
+                return (f"TLS: the certificate of {server} is not valid yet ({c.verify_message}); "
+                        "check the clock of this host and of the server")
             return f"TLS: the certificate of {server} was refused: {c.verify_message}"
     text = " ".join(str(c) for c in causes)
     if any(r in text for r in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG")):
@@ -211,7 +265,15 @@ def _explain_tls(exc: BaseException, server: str) -> str:
     if any(r in text for r in ("CERTIFICATE_REQUIRED", "ALERT_BAD_CERTIFICATE", "ALERT_UNKNOWN_CA", "ALERT_HANDSHAKE_FAILURE")):
         return (f"TLS: {server} refused the client certificate or asked for one "
                 "(set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY to a certificate its CA signed)")
-    return f"TLS handshake with {server} failed"
+    return f"TLS handshake with {server} failed ({_tls_reason(causes)}): is this the server's API port?"
+
+
+def _tls_reason(causes: list[BaseException]) -> str:
+    for c in causes:
+        if isinstance(c, ssl.SSLEOFError) or "UNEXPECTED_EOF" in str(c):
+            return "the server closed the connection during the handshake"
+    reasons = [c.reason for c in causes if isinstance(c, ssl.SSLError) and getattr(c, "reason", None)]
+    return reasons[0] if reasons else "no reason given"
 
 
 def _os_error(exc: BaseException) -> str:
@@ -290,6 +352,9 @@ def preflight(client: hvac.Client) -> dict[str, Any]:
         # the first real request names what it lacks.
         log.debug("token may not look itself up", path="auth/token/lookup-self", capability="read")
         return {}
+    except hvac.exceptions.InvalidPath:  # every token may look itself up: nothing there is Vault's API
+        raise VaultError(f"no Vault API at {_without_userinfo(client.adapter.base_uri)}: auth/token/lookup-self "
+                         "is not found there (check the path in the address)") from None
     except Exception as exc:  # noqa: BLE001 - one clean message per cause
         raise describe(exc, "look up the token (auth/token/lookup-self)") from None
     info = (data or {}).get("data") or {} if isinstance(data, dict) else {}

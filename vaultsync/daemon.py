@@ -18,6 +18,7 @@ import os
 import random
 import resource
 import signal
+import stat
 import threading
 import time
 import uuid
@@ -29,19 +30,28 @@ from typing import Any
 
 import hvac
 import hvac.exceptions
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor as APThreadPool
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from vaultsync import __version__, auth, config, formats, leases, render, rotation, tracing
+from vaultsync import __version__, auth, config, formats, leases, recovery, render, rotation, tracing
 from vaultsync.config import Destination, ServiceSettings, Settings
-from vaultsync.errors import SourceMissing, VaultError, VaultsyncError
+from vaultsync.daemon_recovery import RecoveryMixin
+from vaultsync.errors import ConfigError, SourceMissing, VaultError, VaultsyncError
+from vaultsync.hookrunner import HookRunner
 from vaultsync.logging import forget_secret, get_logger, register_secret
 from vaultsync.metrics import HealthServer, Metrics
-from vaultsync.vault import KV, describe, detect_kv_version, make_client, read_source
+from vaultsync.vault import KV, describe, detect_kv_version, make_client
 
 log = get_logger("vaultsync.daemon")
 
 BACKOFF_BASE, BACKOFF_CAP = 1.0, 300.0
+HOOK_WORKERS = 8
+#: Jobs that keep credentials alive run on their own threads: polls, renders and rotations
+#: (which may wait on a slow server or a big file) can never delay them.
+LIFETIME_JOBS = frozenset({"token", "lease", "recover", "probe", "token-check"})
+DEAD_TOKEN_LOG_EVERY = 60.0  # a dead plain token is logged as an error once a minute at most
+TOKEN_CHECK_EVERY = 5.0  # 403s trigger a token lookup at most this often
 
 
 # --- state ---------------------------------------------------------------------------
@@ -80,7 +90,7 @@ class ServiceState:
     kv_version: int = 0
     kv_loaded: bool = False  # a read succeeded (the secret may still be absent)
     kv_attempt: int = 0
-    kv_missing: bool = False  # the last read found no secret at kv_path (and it is not optional)
+    kv_missing: int = 0  # consecutive reads that found the secret deleted or never written
     issue_attempts: dict[str, int] = field(default_factory=dict)  # consecutive failed reads per dynamic secret
     leases: dict[str, Lease] = field(default_factory=dict)
     destinations: dict[str, DestinationState] = field(default_factory=dict)
@@ -94,7 +104,8 @@ class TokenInfo:
     granted: float = 0.0  # the TTL the last login/renewal returned
     decision: leases.RenewalDecision | None = None
     last_renewal: float | None = None
-    attempt: int = 0
+    attempt: int = 0  # consecutive failed renewals
+    login_attempt: int = 0  # consecutive failed logins (a separate count: see issue 11)
 
 
 def service_values(svc: ServiceState) -> dict[str, str]:
@@ -112,7 +123,7 @@ def service_values(svc: ServiceState) -> dict[str, str]:
 # --- the daemon --------------------------------------------------------------------------
 
 
-class Daemon:
+class Daemon(RecoveryMixin):
     def __init__(
         self,
         settings: Settings,
@@ -131,7 +142,12 @@ class Daemon:
         self.clock = clock
         self.rng = rng or random.SystemRandom()
         self.holder = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.client = make_client(settings.vault, pool_size=8, adapter=self.metrics.counting_adapter(8))
+        self.reachability = recovery.Reachability()
+        # An AppRole daemon starts without a token: a VAULT_TOKEN or `vault login` token on the host
+        # is someone else's and must not ride along with its login or its unwrap.
+        self.client = make_client(settings.vault, pool_size=12,
+                                  adapter=self.metrics.counting_adapter(12, on_result=self._on_http_result),
+                                  token="" if settings.auth.method == "approle" else None)
         self.kv: KV | None = None
         self.token = TokenInfo()
         self.services: dict[str, ServiceState] = {}
@@ -142,12 +158,23 @@ class Daemon:
         self._secret_id: str | None = None  # kept for logins after max TTL (its file may be gone)
         self._secret_id_stat: tuple[int, int] | None = None  # (inode, mtime) of the file it came from
         self._static_token_told = False  # said once that a static token cannot log in again
+        self.login_error: str | None = None  # why the last login failed (for `vaultsync render`'s message)
         self._login_gen = 0  # bumped by every login that yields a different token
+        self.token_problem: str | None = None  # why the token is unusable (rejected, no login since), or None
+        self._dead_token_log = recovery.Throttle(DEAD_TOKEN_LOG_EVERY)
+        self._token_checks = recovery.Throttle(TOKEN_CHECK_EVERY)
+        self._crashes = recovery.CrashBackoff(BACKOFF_BASE, BACKOFF_CAP)
+        self.hooks = HookRunner(HOOK_WORKERS)
+        self._held: set[str] = set()  # lease ids alive (recorded for revoke_on_start)
+        self._held_lock = threading.Lock()
+        self._relogin_lock = threading.Lock()  # one re-login after a rejected token, not one per 403
         self.scheduler = BackgroundScheduler(
-            executors={"default": APThreadPool(8)},
+            executors={"default": APThreadPool(8), "lifetimes": APThreadPool(4)},
             job_defaults={"coalesce": True, "max_instances": 2, "misfire_grace_time": None},
             timezone=timezone.utc,
         )
+        self._queued: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {}  # job id -> what it runs
+        self.scheduler.add_listener(self._run_skipped, EVENT_JOB_MAX_INSTANCES)
         self.http: HealthServer | None = None
         if serve_http and settings.daemon.metrics_addr:
             self.http = HealthServer(settings.daemon.metrics_addr, self.metrics, self.ready, self.status)
@@ -160,18 +187,43 @@ class Daemon:
         and APScheduler drops (not delays) a one-off run over the limit."""
         if self._stop.is_set():
             return
-        run_date = datetime.fromtimestamp(max(when, self.clock()), tz=timezone.utc)
-        self.scheduler.add_job(self._guard(job_id, fn), "date", run_date=run_date, id=job_id, replace_existing=True,
-                               args=args, max_instances=instances)
+        due = max(when, self.clock())
+        self._queued[job_id] = (fn, args)
+        run_date = datetime.fromtimestamp(due, tz=timezone.utc)
+        kind = job_id.split(":", 1)[0]
+        self.scheduler.add_job(self._guard(job_id, fn, due), "date", run_date=run_date, id=job_id, replace_existing=True,
+                               args=args, max_instances=instances,
+                               executor="lifetimes" if kind in LIFETIME_JOBS else "default")
 
-    def _guard(self, job_id: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def _guard(self, job_id: str, fn: Callable[..., Any], due: float) -> Callable[..., Any]:
+        kind = job_id.split(":", 1)[0]
+
         def run(*args: Any) -> None:
+            self.metrics.job_lateness.labels(kind).observe(max(0.0, self.clock() - due))
+            if self._queued.get(job_id, (None,))[0] is fn:
+                self._queued.pop(job_id, None)
             try:
                 fn(*args)
             except Exception:  # noqa: BLE001 - a job must never die silently or kill the scheduler
-                log.exception("job crashed", job=job_id)
+                delay = self._crashes.crashed(job_id, self.rng)
+                self.metrics.job_crashes.labels(kind).inc()
+                log.exception("job crashed, running it again later", job=job_id, retry_in=round(delay, 2))
+                self._at(job_id, self.clock() + delay, fn, *args)
+            else:
+                self._crashes.succeeded(job_id)
 
         return run
+
+    def _run_skipped(self, event: JobSubmissionEvent) -> None:
+        """APScheduler skips (drops) a one-off run while two instances of the job still run:
+        a job chain would end silently. Count it and run it again a little later."""
+        queued = self._queued.pop(event.job_id, None)
+        if queued is None:
+            return
+        kind = event.job_id.split(":", 1)[0]
+        self.metrics.job_crashes.labels(kind).inc()
+        log.warning("job run skipped while it was still running; running it again later", job=event.job_id)
+        self._at(event.job_id, self.clock() + 1.0 + self.rng.uniform(0, 1.0), queued[0], *queued[1])
 
     def _retry_delay(self, attempt: int, expires_at: float | None) -> float | None:
         now = self.clock()
@@ -196,22 +248,46 @@ class Daemon:
         self.metrics.vault_up.set(0)
         attempt = 0
         while not self._stop.is_set():
-            if self._login():
+            if self._connect():
                 break
             delay = leases.backoff_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
             attempt += 1
-            log.warning("login failed, retrying", retry_in=round(delay, 2))
+            log.warning("start-up failed, retrying", retry_in=round(delay, 2))
             self._stop.wait(delay)
         if self._stop.is_set():
             return
-        s = self.settings
-        self.kv = KV(self.client, s.kv.mount, s.kv.version or detect_kv_version(self.client, s.kv.mount))
         self.scheduler.start()
+        if self.settings.daemon.revoke_on_start:
+            self._revoke_previous_run()
         # Services are independent: read and render them in parallel (same pool size as the scheduler).
+        # Hooks run on their own pool: start-up does not wait for them.
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(self._add_service, self.settings.services.values()))
+            list(pool.map(self._add_service_safely, self.settings.services.values()))
         self._started.set()
         log.info("daemon started", services=len(self.services), version=__version__)
+
+    def _connect(self) -> bool:
+        """Log in and find the KV version; False on a failure worth retrying (a 503 from a
+        server still starting, a timeout). Configuration errors still end the daemon."""
+        if self.token.state is None and not self._login():
+            return False
+        s = self.settings
+        try:
+            self.kv = KV(self.client, s.kv.mount, s.kv.version or detect_kv_version(self.client, s.kv.mount))
+        except ConfigError:
+            raise
+        except VaultError as exc:
+            log.warning("kv mount lookup failed", mount=s.kv.mount, error=str(exc))
+            return False
+        return True
+
+    def _add_service_safely(self, svc: ServiceSettings) -> None:
+        try:
+            self._add_service(svc)
+        except Exception:  # noqa: BLE001 - one service's fault must not stop the others or the daemon
+            log.exception("service could not be started; retrying", service=svc.name)
+            self._at(f"kv:{svc.name}", self.clock() + self._crashes.crashed(f"add:{svc.name}", self.rng),
+                     self._kv_job, svc.name)
 
     def run_forever(self) -> int:
         """Main thread: signals in, stop on SIGTERM/SIGINT, reload on SIGHUP."""
@@ -223,7 +299,10 @@ class Daemon:
             self._stop.wait(0.5)
             if self._reload.is_set():
                 self._reload.clear()
-                self.reload()
+                try:
+                    self.reload()
+                except Exception:  # noqa: BLE001 - a bad reload must never end the running daemon
+                    log.exception("reload failed, keeping the running config")
         self.shutdown()
         return 0
 
@@ -235,6 +314,7 @@ class Daemon:
         self._stop.set()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        self.hooks.shutdown()
         if self.settings.daemon.revoke_on_exit:
             for svc in list(self.services.values()):
                 for lease in list(svc.leases.values()):
@@ -262,11 +342,18 @@ class Daemon:
         except auth.SecurityError as exc:
             self.metrics.logins.labels(method, "failure").inc()
             log.error("login refused: security", error=str(exc))
+            self.login_error = str(exc)
             return False
         except Exception as exc:  # noqa: BLE001
             err = exc if isinstance(exc, VaultsyncError) else describe(exc, f"{method} login")
             self.metrics.logins.labels(method, "failure").inc()
-            log.warning("login failed", method=method, error=str(err))
+            self.login_error = str(err)
+            if self.token_problem is None:
+                log.warning("login failed", method=method, error=str(err))
+            elif self._dead_token_log.allow(self.clock()):  # loud, but once a minute
+                log.error("token rejected by the server: not ready until a valid token is given" if method == "token"
+                          else "token rejected and logging in again fails: not ready until a login works",
+                          method=method, reason=self.token_problem, error=str(err))
             current = _file_id(s.auth.secret_id_file)
             if method == "approle" and current is not None and current != self._secret_id_stat:
                 self._secret_id = None  # new credentials were delivered since we read ours: use them next time
@@ -275,6 +362,10 @@ class Daemon:
         now = self.clock()
         if self.token.state is None or self.token.state.accessor != state.accessor:
             self._login_gen += 1
+        if self.token_problem is not None:
+            log.info("token accepted again", method=method)
+            self.token_problem = None
+            self._dead_token_log.reset()
         with self._lock:
             self.token = TokenInfo(state=state, expires_at=now + state.ttl if state.ttl else None, granted=state.ttl)
             self.token.decision = leases.plan_new_lease(state.ttl, renewable=state.renewable, now=now, rng=self.rng)
@@ -302,8 +393,8 @@ class Daemon:
             new = auth.renew_self(self.client, increment=state.ttl or None)
         except VaultError as exc:
             self.metrics.renewals.labels("token", "failure").inc()
-            if "permission denied" in str(exc) or "invalid token" in str(exc):
-                self._relogin("token rejected")
+            if recovery.token_verdict(str(exc)) == "dead":
+                self._token_dead("token rejected on renewal")
                 return
             self.token.attempt += 1
             delay = self._retry_delay(self.token.attempt, self.token.expires_at)
@@ -327,37 +418,60 @@ class Daemon:
         self._schedule_token()
 
     def _relogin(self, why: str) -> bool:
-        log.info("logging in again", reason=why)
-        if self.settings.auth.method == "token" and not self._static_token_told:
-            # A static token cannot be replaced by logging in: say so once, not on every attempt.
-            self._static_token_told = True
-            log.error("static token cannot log in again", reason=why,
-                      fix="give vaultsync a periodic token (vault token create -period=24h ...) "
-                          "or use auth.method = 'approle'; it stops working when this token expires")
+        if self.token_problem is None:
+            log.info("logging in again", reason=why)
         gen = self._login_gen
+        troubled = self.token.login_attempt > 0 or self.token_problem is not None
         if self._login():
-            if self._login_gen == gen:
-                return True  # the same token again (token method): its leases stay valid
-            # Leases die with the token that created them: re-issue every dynamic secret under
-            # the new token now (the old ones are revoked after the grace period or with the old token).
-            for svc in list(self.services.values()):
-                for name in list(svc.leases):
-                    self._at(f"lease:{svc.settings.name}:{name}", self.clock(), self._reissue, svc.settings.name, name)
+            if self._login_gen != gen:
+                # Leases die with the token that created them: re-issue every dynamic secret under
+                # the new token now (the old ones are revoked after the grace period or with the old token).
+                for svc in list(self.services.values()):
+                    for name in list(svc.leases):
+                        self._at(f"lease:{svc.settings.name}:{name}", self.clock(), self._reissue, svc.settings.name, name)
+            else:
+                self._tell_static_token(why)  # the same token again (token method): its leases stay valid
+            if troubled or self._login_gen != gen:
+                self._kick_all()  # polls backed off behind the dead token run now
             return True
-        self.token.attempt += 1
-        delay = leases.backoff_delay(self.token.attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
+        self._tell_static_token(why)
+        # Logins count their own failures: a backoff carried over from failed renewals put the
+        # re-login minutes after the server came back.
+        attempt = self.token.login_attempt
+        self.token.login_attempt += 1
+        delay = leases.backoff_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
         self.token.decision = replace(self.token.decision, action=leases.Action.REISSUE) if self.token.decision else None
-        log.warning("login failed, retrying", retry_in=round(delay, 2))
+        if self.token_problem is None:
+            log.warning("login failed, retrying", retry_in=round(delay, 2))
         self._at("token", self.clock() + delay, self._relogin, why)
         return False
+
+    def _tell_static_token(self, why: str) -> None:
+        """Once: logging in again gave no new token. (A token_file that an agent rewrites does give
+        one, and then there is nothing to say.)"""
+        if self.settings.auth.method != "token" or self._static_token_told:
+            return
+        self._static_token_told = True
+        log.error("static token cannot log in again", reason=why,
+                  fix="give vaultsync a periodic token (vault token create -period=24h ...), a token_file that an "
+                      "agent keeps fresh, or auth.method = 'approle'; it stops working when this token expires")
 
     # -- services ------------------------------------------------------------------------------
 
     def _add_service(self, svc: ServiceSettings) -> None:
         st = ServiceState(settings=svc)
         for dest in svc.destinations:
-            render.remove_stale_temp_files(dest.path)
-            st.destinations[dest.path] = DestinationState(window=render.WaitWindow(dest.wait_min, max(dest.wait_max, dest.wait_min)) if dest.wait_min else None)
+            ds = st.destinations[dest.path] = DestinationState(
+                window=render.WaitWindow(dest.wait_min, max(dest.wait_max, dest.wait_min)) if dest.wait_min else None)
+            problem = destination_problem(dest.path)
+            try:
+                if problem is None:
+                    render.remove_stale_temp_files(dest.path)
+            except OSError as exc:
+                problem = f"{dest.path}: {exc.strerror}"
+            if problem:  # this destination fails (and says why); the others, and the daemon, go on
+                ds.last_result, ds.error = "failure", problem
+                log.error("destination cannot be written", service=svc.name, destination=dest.name, error=problem)
         with self._lock:
             self.services[svc.name] = st
         self._kv_job(svc.name, initial=True)
@@ -375,6 +489,7 @@ class Daemon:
         for job in self.scheduler.get_jobs():
             if job.id.split(":")[1:2] == [name] and not job.id.startswith("revoke:"):
                 job.remove()
+                self._queued.pop(job.id, None)
         grace = self.settings.daemon.lease_revoke_grace
         for lease in st.leases.values():
             if revoke:
@@ -391,19 +506,23 @@ class Daemon:
         if st is None or self.kv is None:
             return
         try:
-            secret = read_source(self.kv, st.settings.kv_path, service=service, optional=st.settings.optional)
-        except (VaultError, SourceMissing) as exc:
-            # A missing secret is retried like a failing server, and the files keep what they hold.
+            secret = self.kv.read(st.settings.kv_path)
+        except VaultError as exc:
             st.kv_attempt += 1
-            st.kv_missing = isinstance(exc, SourceMissing)
             # Back off beyond the poll interval while the server fails, up to the cap.
             delay = max(leases.backoff_delay(st.kv_attempt - 1, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng), self.settings.daemon.poll_interval)
             log.warning("kv read failed", service=service, error=str(exc), retry_in=round(delay, 2))
             self._at(f"kv:{service}", self.clock() + delay, self._kv_job, service)
             return
         recovering = st.kv_attempt > 0
-        st.kv_attempt, st.kv_missing = 0, False
+        st.kv_attempt = 0
         interval = self.settings.daemon.poll_interval
+        if secret.data is None and not _renders_without_kv(st.settings):
+            self._source_missing(service, st, secret.version)
+            return
+        if st.kv_missing:
+            log.warning("kv secret is back", service=service, version=secret.version)
+            st.kv_missing = 0
         self._at(f"kv:{service}", self.clock() + interval * self.rng.uniform(0.9, 1.0), self._kv_job, service)
         with st.lock:
             changed = secret.data != st.kv_data or (secret.version and secret.version != st.kv_version)
@@ -415,8 +534,6 @@ class Daemon:
             first_load, st.kv_loaded = not st.kv_loaded, True
         if secret.version:
             self.metrics.secret_version.labels(service, "kv").set(secret.version)
-        if secret.data is None and initial:
-            log.warning("kv secret not found", service=service, path=f"{self.kv.mount}/{st.settings.kv_path}")
         if (changed or recovering or first_load) and not initial:
             log.info("kv secret changed", service=service, version=secret.version)
             self._render_all(service, reason="kv changed" if changed else "server back")
@@ -465,6 +582,7 @@ class Daemon:
         with st.lock:
             old = st.leases.get(name)
             st.leases[name] = lease
+        self._hold(lease_id, True)
         self.metrics.record_lease(service, name, ttl=ttl, expires_at=lease.expires_at, due=decision.at)
         log.info("dynamic secret issued", service=service, secret=name, ttl=ttl, renewable=lease.renewable)
         self._schedule_lease(lease)  # before rendering: nothing a render does can drop the lease
@@ -477,6 +595,7 @@ class Daemon:
                 self._at(f"revoke:{service}:{name}:{uuid.uuid4().hex[:8]}", revoke_at, self._revoke, old.lease_id, service, name, old.data)
             else:
                 self._forget_values(old.data)
+                self._hold(old.lease_id, False)
         return True
 
     def _reissue(self, service: str, name: str) -> None:
@@ -509,7 +628,8 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001
             self.metrics.renewals.labels("lease", "failure").inc()
             err = describe(exc, f"renew lease of {service}/{name}")
-            if isinstance(exc, (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden)):
+            if isinstance(exc, (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden)) or recovery.lease_gone(str(err)):
+                # Revoked (revoke-prefix), expired, or our token lost it: the credentials are dead, get new ones now.
                 log.warning("lease cannot be renewed, re-issuing", service=service, secret=name, error=str(err))
                 self._issue(service, name)
                 return
@@ -542,6 +662,7 @@ class Daemon:
         try:
             self.client.sys.revoke_lease(lease_id=lease_id)
             log.info("old lease revoked", service=service, secret=name)
+            self._hold(lease_id, False)
         except Exception as exc:  # noqa: BLE001
             log.warning("lease revoke failed", service=service, secret=name, error=str(describe(exc, "revoke lease")))
         if data:
@@ -607,7 +728,9 @@ class Daemon:
         self.metrics.last_render_success.labels(service, dest.name).set(now)
         if outcome.result == "success":
             log.info("rendered", service=service, destination=dest.name, reason=reason)
-            self._run_hook(service, dest)
+            if dest.command or dest.pidfile:
+                # On the hooks' own pool: a slow hook never holds a renewal, a login or a poll.
+                self.hooks.submit((service, dest.path), lambda: self._run_hook(service, dest))
 
     def _run_hook(self, service: str, dest: Destination) -> None:
         try:
@@ -662,6 +785,10 @@ class Daemon:
         except VaultsyncError as exc:
             log.error("reload failed, keeping the running config", error=str(exc))
             return
+        problems = [p for svc in new.services.values() for d in svc.destinations if (p := destination_problem(d.path))]
+        if problems:
+            log.error("reload refused, keeping the running config", error=problems[0], problems=len(problems))
+            return
         old = self.settings
         if (new.vault, new.auth, new.kv) != (old.vault, old.auth, old.kv):
             log.warning("reload: vault/auth/kv settings changed; restart the daemon to apply them")
@@ -674,7 +801,7 @@ class Daemon:
             self._remove_service(name, revoke=name in removed)
         self.metrics.prime(new.auth.method, [new.services[n] for n in added | changed])
         for name in sorted(added | changed):
-            self._add_service(new.services[name])
+            self._add_service_safely(new.services[name])
         if new.daemon.poll_interval != old.daemon.poll_interval:
             for name in self.services:
                 self._at(f"kv:{name}", self.clock(), self._kv_job, name)
@@ -683,7 +810,7 @@ class Daemon:
     # -- health and status ---------------------------------------------------------------------
 
     def ready(self) -> bool:
-        if self.token.state is None or not self._started.is_set():
+        if self.token.state is None or self.token_problem is not None or not self._started.is_set():
             return False
         if self.metrics.registry.get_sample_value("vaultsync_vault_up") == 0:
             return False  # the last request did not reach the server (down, sealed, no leader)
@@ -699,7 +826,8 @@ class Daemon:
             "ready": self.ready(),
             "token": {
                 "method": self.settings.auth.method,
-                "authenticated": tok.state is not None,
+                "authenticated": tok.state is not None and self.token_problem is None,
+                "error": self.token_problem,
                 "expires_at": tok.expires_at,
                 "time_left": None if tok.expires_at is None else round(tok.expires_at - now, 1),
                 "last_renewal": tok.last_renewal,
@@ -708,7 +836,8 @@ class Daemon:
         }
         for name, st in sorted(list(self.services.items())):
             out["services"][name] = {
-                "kv": {"path": st.settings.kv_path, "version": st.kv_version, "found": st.kv_data is not None},
+                "kv": {"path": st.settings.kv_path, "version": st.kv_version, "found": st.kv_data is not None,
+                       "missing": st.kv_missing > 0},
                 "leases": {
                     ln: {"expires_at": ls.expires_at, "time_left": round(ls.expires_at - now, 1), "renewable": ls.renewable,
                          "last_renewal": ls.last_renewal, "next": ls.decision.action.value}
@@ -721,6 +850,32 @@ class Daemon:
                 },
             }
         return out
+
+
+def _renders_without_kv(svc: ServiceSettings) -> bool:
+    """A service renders without its KV keys when its secret is absent only if asked to
+    (``on_delete = "empty"``, or a KV source marked optional)."""
+    return getattr(svc, "on_delete", "keep") == "empty" or bool(getattr(svc, "optional", False))
+
+
+def destination_problem(path: str) -> str | None:
+    """Why ``path`` can never be written (a parent is a regular file...), or None. Checked
+    before a reload is applied, and per destination at start-up (an error there, not a crash)."""
+    current = os.path.dirname(os.path.abspath(path))
+    while True:
+        try:
+            st = os.stat(current)
+        except FileNotFoundError:
+            parent = os.path.dirname(current)
+            if parent == current:
+                return None
+            current = parent
+            continue
+        except OSError as exc:
+            return f"{path}: cannot use folder {current}: {exc.strerror}"
+        if not stat.S_ISDIR(st.st_mode):
+            return f"{path}: {current} is not a folder"
+        return None
 
 
 def _file_id(path: str | None) -> tuple[int, int] | None:
@@ -766,7 +921,7 @@ def render_once(settings: Settings, errors: dict[str, str] | None = None) -> dic
     Dynamic secrets are issued fresh each run (their leases are left to expire)."""
     d = Daemon(settings, serve_http=False)
     if not d._login():
-        raise VaultError("login failed (see the log for why)")
+        raise VaultError(f"login failed: {d.login_error}")
     d.kv = KV(d.client, settings.kv.mount, settings.kv.version or detect_kv_version(d.client, settings.kv.mount))
     d._stop.set()  # no scheduler: nothing gets scheduled
     results: dict[str, dict[str, str]] = {}
@@ -775,7 +930,15 @@ def render_once(settings: Settings, errors: dict[str, str] | None = None) -> dic
         d.services[svc.name] = st
         assert d.kv is not None
         try:
-            secret = read_source(d.kv, svc.kv_path, service=svc.name, optional=svc.optional)
+            secret = d.kv.read(svc.kv_path)
+            if secret.data is None and not _renders_without_kv(svc):
+                # Deleted, destroyed or never written: never blank a file over it (on_delete = "empty" does).
+                missing = SourceMissing(svc.name, f"{d.kv.mount}/{svc.kv_path}")
+                log.warning("kv secret missing: file left alone", service=svc.name, path=missing.path)
+                if errors is not None:
+                    errors[svc.name] = str(missing)
+                results[svc.name] = {dest.path: "source_missing" for dest in svc.destinations}
+                continue
             st.kv_data, st.kv_version, st.kv_loaded = secret.data, secret.version, True
             for name in svc.dynamic:
                 if not d._issue(svc.name, name, initial=True):
@@ -791,4 +954,6 @@ def render_once(settings: Settings, errors: dict[str, str] | None = None) -> dic
                 d._render_one(svc.name, dest.path, "render command")
                 tracing.set_attributes(sp, result=st.destinations[dest.path].last_result)
         results[svc.name] = {dest.path: st.destinations[dest.path].last_result for dest in svc.destinations}
+    d.hooks.drain()  # a one-shot run ends after the hooks of the files it changed
+    d.hooks.shutdown()
     return results

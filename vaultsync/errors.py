@@ -64,3 +64,12 @@ class SourceMissing(VaultsyncError):
             f"service {service}: secret {path} does not exist (not migrated yet, or a typo in kv_path?); "
             "nothing rendered. Set optional = true on the service to render it empty instead"
         )
+
+
+class OutcomeUnknown(VaultError):
+    """The request was sent but no answer came (timed out, connection dropped): it may
+    or may not have taken effect."""
+
+
+class Unreachable(VaultError):
+    """The request never reached the server (connection refused, connect timeout)."""

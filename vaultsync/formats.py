@@ -172,8 +172,10 @@ def render(
 
     checked: dict[str, str] = {}
     for key in sorted(values, key=lambda k: (not isinstance(k, str), str(k))):
-        check_key(key, destination, style)
-        checked[key] = _check_value_common(key, values[key], destination)
+        why = refusal(style, key, values[key])
+        if why is not None:
+            raise FormatError(destination, key if isinstance(key, str) else None, why)
+        checked[key] = values[key]
 
     if style == "template":
         from vaultsync import templates  # Jinja2 is only imported when a template is used
@@ -185,10 +187,6 @@ def render(
 
     lines: list[str] = []
     for key, value in checked.items():
-        if style == "docker":
-            why = quoting.docker_refusal(key, value)
-            if why is not None:
-                raise FormatError(destination, key, why)
         if style == "shell" and quoting.bash_reserved(key):
             # bash refuses (read-only) or overrides these names; `export UID=...`
             # would abort a `set -e` script. Leave them out, say so in the file.

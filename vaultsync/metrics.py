@@ -15,10 +15,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import requests
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from requests.adapters import HTTPAdapter
 
 from vaultsync import __version__
+
+#: source_missing: the service's KV secret is deleted or was never written; the file is kept.
+RENDER_RESULTS = ("success", "unchanged", "failure", "source_missing")
 
 
 class Metrics:
@@ -35,19 +38,24 @@ class Metrics:
         self.token_due = Gauge("vaultsync_token_renewal_due_timestamp_seconds", "When the last successful login or renewal planned the next renewal or re-login (unix time; 0: none planned).", registry=r)
         self.renewals = Counter("vaultsync_renewals", "Token and lease renewals.", ["kind", "result"], registry=r)
         self.logins = Counter("vaultsync_logins", "Logins to the server.", ["method", "result"], registry=r)
-        self.renders = Counter("vaultsync_render", "Renders of a destination file (result: success, unchanged, failure).", ["service", "destination", "result"], registry=r)
+        self.renders = Counter("vaultsync_render", "Renders of a destination file (result: success, unchanged, failure, source_missing).", ["service", "destination", "result"], registry=r)
         self.last_render_success = Gauge("vaultsync_last_render_success_timestamp_seconds", "Last time a destination was rendered successfully (written or already up to date).", ["service", "destination"], registry=r)
         self.rotations = Counter("vaultsync_rotations", "Rotations of secrets vaultsync owns (result: success, skipped, failure).", ["service", "result"], registry=r)
         self.secret_version = Gauge("vaultsync_secret_version", "KV version of a service's secret as last read.", ["service", "secret"], registry=r)
         self.vault_up = Gauge("vaultsync_vault_up", "1 when the last request reached the server, else 0.", registry=r)
         self.requests = Counter("vaultsync_vault_requests", "HTTP requests sent to the server (result: ok, error).", ["result"], registry=r)
         self.hooks = Counter("vaultsync_hooks", "Change hooks run after a render (result: success, failure).", ["service", "destination", "result"], registry=r)
+        self.job_lateness = Histogram("vaultsync_job_lateness_seconds", "How late a scheduled job started (kind: token, lease, kv, render, rotate, ...).", ["kind"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r)
+        self.job_crashes = Counter("vaultsync_job_crashes", "Jobs that raised an unexpected error, or whose run was skipped while it still ran (each is run again).", ["kind"], registry=r)
         Gauge("vaultsync_build_info", "vaultsync version.", ["version"], registry=r).labels(__version__).set(1)
         for kind in ("token", "lease"):
             for result in ("success", "failure"):
                 self.renewals.labels(kind, result)
         for result in ("ok", "error"):
             self.requests.labels(result)
+        for kind in ("token", "lease", "kv", "render", "rotate"):
+            self.job_lateness.labels(kind)
+            self.job_crashes.labels(kind)
 
     def record_lease(self, service: str, secret: str, *, ttl: float, expires_at: float | None, due: float | None) -> None:
         """A lease was issued or renewed: its expiry, granted TTL and planned next action."""
@@ -69,7 +77,7 @@ class Metrics:
             for result in ("success", "skipped", "failure"):
                 self.rotations.labels(svc.name, result)
             for dest in svc.destinations:
-                for result in ("success", "unchanged", "failure"):
+                for result in RENDER_RESULTS:
                     self.renders.labels(svc.name, dest.name, result)
 
     def forget_service(self, svc: Any) -> None:
@@ -80,12 +88,14 @@ class Metrics:
         _remove(self.secret_version, svc.name, "kv")
         for dest in svc.destinations:
             _remove(self.last_render_success, svc.name, dest.name)
-            for result in ("success", "unchanged", "failure"):
+            for result in RENDER_RESULTS:
                 _remove(self.renders, svc.name, dest.name, result)
 
-    def counting_adapter(self, pool_size: int) -> HTTPAdapter:
-        """An HTTPAdapter that counts every request and keeps vault_up current."""
+    def counting_adapter(self, pool_size: int, on_result: Callable[[int | None], None] | None = None) -> HTTPAdapter:
+        """An HTTPAdapter that counts every request and keeps vault_up current. ``on_result``
+        sees each response's status (None: no answer), for the daemon's recovery path."""
         metrics = self
+        observe = on_result or (lambda _status: None)
 
         class CountingAdapter(HTTPAdapter):
             def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
@@ -94,10 +104,12 @@ class Metrics:
                 except requests.RequestException:
                     metrics.requests.labels("error").inc()
                     metrics.vault_up.set(0)
+                    observe(None)
                     raise
                 ok = response.status_code < 500  # 5xx: down, sealed or standby
                 metrics.requests.labels("ok" if ok else "error").inc()
                 metrics.vault_up.set(1 if ok else 0)
+                observe(response.status_code)
                 return response
 
         return CountingAdapter(pool_connections=1, pool_maxsize=pool_size)

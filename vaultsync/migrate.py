@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import secrets
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from typing import Any
 
 from vaultsync import envfile
 from vaultsync.config import SourceSpec
-from vaultsync.errors import BadInput, Conflict, VaultsyncError
+from vaultsync.errors import BadInput, Conflict, OutcomeUnknown, Unreachable, VaultsyncError
 from vaultsync.vault import KV, Secret, normalize_path
 
 ADDED, CHANGED, UNCHANGED, ONLY_IN_VAULT, REMOVED = "added", "changed", "unchanged", "only_in_vault", "removed"
@@ -72,16 +74,37 @@ class Plan:
 
 @dataclass
 class Outcome:
+    """What became of each planned write. ``unknown``: sent, but no answer came (timeout,
+    dropped connection): it may have landed; a re-run converges. ``abandoned``: never sent,
+    because the deadline passed or the server stopped answering (``abandon_reason``)."""
+
     written: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): refused, not written
+    unknown: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    abandoned: list[str] = field(default_factory=list)
+    abandon_reason: str | None = None
+
+    @property
+    def not_written(self) -> list[str]:
+        return sorted([p for p, _ in self.failed] + self.conflicts + self.abandoned)
 
     @property
     def exit_code(self) -> int:
-        """1 when anything failed outright (it needs a person), else 3 on conflicts (re-run), else 0."""
-        if self.failed:
+        """1 when anything failed, is unknown or was abandoned (it needs a re-run or a person),
+        else 3 on conflicts (re-run), else 0."""
+        if self.failed or self.unknown or self.abandoned:
             return 1
         return Conflict.exit_code if self.conflicts else 0
+
+
+def why_not_start(now: float, deadline: float | None, server_answering: bool) -> str | None:
+    """Whether to send one more write: None to go ahead, else why not."""
+    if deadline is not None and now >= deadline:
+        return "deadline reached"
+    if not server_answering:
+        return "the server stopped answering"
+    return None
 
 
 # --- building targets --------------------------------------------------------------
@@ -226,16 +249,32 @@ def _existing(kv: KV, targets: list[Target]) -> set[str] | None:
 # --- applying -------------------------------------------------------------------------
 
 
-def apply(kv: KV, the_plan: Plan, *, concurrency: int = 8, progress: Callable[[SecretPlan], None] | None = None) -> Outcome:
+def apply(kv: KV, the_plan: Plan, *, concurrency: int = 8, progress: Callable[[SecretPlan], None] | None = None,
+          deadline: float | None = None, clock: Callable[[], float] = time.monotonic) -> Outcome:
     """Write what the plan says must change, each with check-and-set (KV v2).
 
     KV v1 has no check-and-set: the secret is re-read just before the write and
     the write is refused when it differs from what was planned (a narrower window,
-    not a guarantee)."""
+    not a guarantee).
+
+    No write starts after ``deadline`` (a ``clock()`` instant), nor once a write got no
+    answer: against a hung server each further write would wait out the whole timeout.
+    Those are ``abandoned``; writes in flight end within one request timeout."""
     outcome = Outcome()
+    answering = threading.Event()
+    answering.set()
+    lock = threading.Lock()
 
     def write(sp: SecretPlan) -> None:
         path = sp.target.path
+        reason = why_not_start(clock(), deadline, answering.is_set())
+        if reason:
+            with lock:
+                outcome.abandoned.append(path)
+                outcome.abandon_reason = outcome.abandon_reason or reason
+            if progress:
+                progress(sp)
+            return
         try:
             if kv.version == 2:
                 kv.write(path, dict(sp.desired), cas=sp.current.version)
@@ -246,6 +285,12 @@ def apply(kv: KV, the_plan: Plan, *, concurrency: int = 8, progress: Callable[[S
             outcome.written.append(path)
         except Conflict:
             outcome.conflicts.append(path)
+        except OutcomeUnknown as exc:
+            outcome.unknown.append((path, str(exc)))
+            answering.clear()
+        except Unreachable as exc:
+            outcome.failed.append((path, str(exc)))
+            answering.clear()
         except VaultsyncError as exc:
             outcome.failed.append((path, str(exc)))
         finally:
@@ -254,9 +299,8 @@ def apply(kv: KV, the_plan: Plan, *, concurrency: int = 8, progress: Callable[[S
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         list(pool.map(write, the_plan.writes))
-    outcome.written.sort()
-    outcome.conflicts.sort()
-    outcome.failed.sort()
+    for items in (outcome.written, outcome.conflicts, outcome.failed, outcome.unknown, outcome.abandoned):
+        items.sort()
     return outcome
 
 

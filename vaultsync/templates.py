@@ -61,10 +61,30 @@ FILTERS: dict[str, Callable[[object], str]] = {
 }
 
 
+#: No operator may build a string or list longer than this (an env file, not a memory bomb).
+MAX_RESULT = 1 << 20
+
+
+class _Sandbox(SandboxedEnvironment):
+    """Jinja's sandbox, plus a size limit on ``*`` and ``**`` (``'a' * 10**9`` would take the daemon's memory)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: object, operator: str, left: object, right: object) -> object:
+        if operator == "**" and isinstance(right, int) and abs(right) > 1024 and isinstance(left, int) and abs(left) > 1:
+            raise _Refused("'**' would build a number too large for an env file")
+        if operator == "*":
+            count, seq = (left, right) if isinstance(left, int) else (right, left)
+            if isinstance(count, int) and isinstance(seq, (str, list, tuple)) and count * len(seq) > MAX_RESULT:
+                raise _Refused(f"'*' would build a result over {MAX_RESULT} items")
+        return super().call_binop(context, operator, left, right)  # type: ignore[arg-type]
+
+
 def _environment(name: str, source: str) -> SandboxedEnvironment:
-    env = SandboxedEnvironment(
-        # filename = name, so Jinja's rewritten traceback frames carry the template's name and line
-        loader=FunctionLoader(lambda _n: (source, name, lambda: True)),
+    env = _Sandbox(
+        # filename = name, so Jinja's rewritten traceback frames carry the template's name and line;
+        # no other name loads (an {% include %} of any name used to include the template itself, endlessly)
+        loader=FunctionLoader(lambda n: (source, name, lambda: True) if n == name else None),
         undefined=StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,

@@ -15,11 +15,13 @@ from urllib.parse import quote
 import hvac
 import hvac.exceptions
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from vaultsync import connection
 from vaultsync.config import VaultSettings, token_with_source
-from vaultsync.errors import BadInput, ConfigError, Conflict, SourceMissing, TokenInvalid, VaultError
+from vaultsync.errors import (BadInput, ConfigError, Conflict, OutcomeUnknown, SourceMissing, TokenInvalid, Unreachable,
+                              VaultError)
 from vaultsync.logging import get_logger, register_secret
 
 log = get_logger()
@@ -65,7 +67,7 @@ def describe(exc: Exception, action: str, *, needs: str | None = None) -> VaultE
                           else f"permission denied: {action} (check the token's policies)")
     transport = connection.explain_transport(exc)
     if transport:
-        return VaultError(f"{transport} ({action})")
+        return _transport_error(exc)(f"{transport} ({action})")
     if isinstance(exc, hvac.exceptions.VaultDown):
         return VaultError(f"server sealed or in standby: {connection.server_of(exc)} has no active node to answer (unseal it, or wait for an election): {action}")
     if isinstance(exc, hvac.exceptions.RateLimitExceeded):
@@ -73,7 +75,29 @@ def describe(exc: Exception, action: str, *, needs: str | None = None) -> VaultE
     if isinstance(exc, hvac.exceptions.VaultError):
         errors = "; ".join(str(e) for e in (exc.errors or [])) or type(exc).__name__
         return VaultError(f"{action}: {errors}")
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return OutcomeUnknown(f"connection lost before the answer: {action}")
     return VaultError(f"{action}: {type(exc).__name__}")
+
+
+def _transport_error(exc: Exception) -> type[VaultError]:
+    """Whether a request that failed below HTTP may still have taken effect: migrate reports
+    "not written" (never sent) apart from "unknown" (sent, no answer)."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return VaultError  # the handshake failed: nothing was sent, and retrying will not help
+    if isinstance(exc, requests.exceptions.ConnectTimeout) or (
+            isinstance(exc, requests.exceptions.ConnectionError) and _never_sent(exc)):
+        return Unreachable
+    if isinstance(exc, (requests.exceptions.Timeout, requests.exceptions.ConnectionError)):
+        return OutcomeUnknown
+    return VaultError
+
+
+def _never_sent(exc: requests.exceptions.ConnectionError) -> bool:
+    """True when the connection could not be made (refused, no route, DNS): the request
+    was never sent. A connection dropped after sending is another matter."""
+    reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+    return isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
 
 
 def normalize_path(path: str) -> str:

@@ -1,0 +1,72 @@
+"""Change hooks on their own bounded pool, away from renewals, logins and polls.
+
+A hook may take its whole timeout (a ``docker compose restart`` of 25 s); on the
+scheduler's threads ten of them starved the token and lease renewals. Here at most
+``workers`` hooks run at once, each destination has at most one run in flight, and
+changes that arrive while it runs coalesce into exactly one more run afterwards
+(the file is already rendered; the hook only needs to see the latest one).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from vaultsync.logging import get_logger
+
+log = get_logger("vaultsync.hooks")
+
+
+class HookRunner:
+    def __init__(self, workers: int = 4) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vaultsync-hook")
+        self._lock = threading.Lock()
+        self._running: set[Hashable] = set()
+        self._again: set[Hashable] = set()
+        self._futures: set[Future[None]] = set()
+        self._closed = False
+
+    def submit(self, key: Hashable, run: Callable[[], None]) -> None:
+        """Run ``run`` for destination ``key`` soon; if one is in flight, once more after it."""
+        with self._lock:
+            if self._closed:
+                return
+            if key in self._running:
+                self._again.add(key)
+                return
+            self._running.add(key)
+            future = self._pool.submit(self._loop, key, run)
+            self._futures.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: Future[None]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    def _loop(self, key: Hashable, run: Callable[[], None]) -> None:
+        while True:
+            try:
+                run()
+            except Exception:  # noqa: BLE001 - one hook's bug must not stop the others
+                log.exception("hook crashed", destination=str(key))
+            with self._lock:
+                if key in self._again and not self._closed:
+                    self._again.discard(key)
+                    continue
+                self._running.discard(key)
+                return
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait for every queued and running hook (``vaultsync render`` exits after its hooks)."""
+        with self._lock:
+            pending = list(self._futures)
+        for future in pending:
+            future.result(timeout=timeout)
+
+    def shutdown(self) -> None:
+        """Drop hooks not started yet; wait for running ones (each is bounded by its timeout)."""
+        with self._lock:
+            self._closed = True
+            self._again.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
