@@ -10,7 +10,7 @@ SERVER_VERSION := vault-v1.14.1
 SERVER := $(CACHE)/$(SERVER_VERSION)/vault
 PYTEST_ARGS ?=
 
-.PHONY: install server system-deps envcheck demo test bench clean
+.PHONY: install server system-deps envcheck demo test coverage mutation bench clean
 
 install: $(VENV)/.installed server
 
@@ -61,9 +61,24 @@ demo: install
 test: install system-deps envcheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The whole suite under coverage, subprocesses (CLI, daemon) included; per-module report with the
+# missing lines. Fails when the total drops below [tool.coverage.report] fail_under.
+coverage: install system-deps envcheck
+	rm -f .coverage .coverage.*
+	$(BIN)/python -m coverage run -m pytest $(PYTEST_ARGS); status=$$?; \
+	$(BIN)/python -m coverage combine -q && $(BIN)/python -m coverage report; report=$$?; \
+	exit $$(( status ? status : report ))
+
+# Mutation testing of the modules that hold the guarantees (slow: not part of `make test` or CI).
+# MUTATE picks the modules (default: all in scripts/mutation.py); see README "Testing".
+MUTATE ?=
+mutation: install system-deps
+	$(BIN)/pip install -q -e '.[test,mutation]'
+	$(BIN)/python scripts/mutation.py $(MUTATE)
+
 bench: install system-deps
 	$(BIN)/python bench/migrate.py
 	$(BIN)/python bench/daemon.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .coverage .coverage.* htmlcov mutants

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -125,3 +127,79 @@ class DaemonProc:
 def daemon_env(server: Any, token: str, home: Path) -> dict[str, str]:
     """The daemon's environment: ``server`` is the conftest ``Server`` (address, CA), ``token`` its token."""
     return server.env(home, token)
+
+
+class TcpCut:
+    """A TCP forwarder in front of a server that the test can cut: while cut, connections are
+    refused at once (a fast failure, unlike a hung server whose requests wait for the client
+    timeout). Bytes pass through untouched, so it works for TLS too."""
+
+    def __init__(self, target_addr: str) -> None:
+        import urllib.parse
+
+        url = urllib.parse.urlsplit(target_addr)
+        self.scheme, self.target = url.scheme, (url.hostname, url.port)
+        self.port = free_port()
+        self._listener: Any = None
+        self._conns: list[Any] = []
+        self._lock = threading.Lock()
+        self.restore()
+
+    @property
+    def addr(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def restore(self) -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(64)
+        self._listener = sock
+        threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
+
+    def cut(self) -> None:
+        """Close the listener and every open connection: new connections are refused."""
+        with self._lock:
+            listener, self._listener = self._listener, None
+            conns, self._conns = self._conns, []
+        listener.close()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+    def _accept(self, listener: Any) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: Any, dst: Any) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass

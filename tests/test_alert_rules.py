@@ -39,6 +39,8 @@ REQUIRED_ALERTS = {
     "VaultsyncRenderStale",
     "VaultsyncVaultUnreachable",
     "VaultsyncDown",
+    "VaultsyncLoginsFailing",
+    "VaultsyncRotationsFailing",
 }
 # The daemon's metric contract: rules may use nothing else.
 CONTRACT = {
@@ -56,6 +58,8 @@ CONTRACT = {
     "vaultsync_secret_version",
     "vaultsync_vault_up",
     "vaultsync_build_info",
+    "vaultsync_vault_requests_total",
+    "vaultsync_hooks_total",
 }
 
 
@@ -214,3 +218,72 @@ def test_factory_takes_a_dict_config_and_a_rules_dir(prometheus_server) -> None:
     assert {r["name"] for r in server.rules() if r["type"] == "alerting"} == set(_alerts())
     hits = server.wait_for_alert("VaultsyncDown", state="pending", timeout=20)
     assert hits[0]["labels"] == {"alertname": "VaultsyncDown", "job": "vaultsync", "severity": "critical"}
+
+
+# --- `for:` and thresholds at the exact evaluation (issue 17) -----------------------------------
+
+# Each alert: input series (one sample every 15 s) that make its condition true from second `onset`
+# on, and the hold (`for:`, seconds) it must have. Rules are evaluated every 15 s and the checks
+# bracket the exact evaluation where it starts pending and firing, so a `for:` or a threshold off by
+# one evaluation fails. Onsets are worked out by hand from the thresholds: e.g. a renewal due at
+# 100 s is "over 45 s overdue" from 145 s on, so from the 150 s evaluation.
+STEP = 15
+_LEASE = '{service="api",secret="db"}'
+BOUNDARIES: dict[str, tuple[list[tuple[str, str]], int, int]] = {
+    "VaultsyncLeaseRenewalOverdue": ([(f"vaultsync_lease_renewal_due_timestamp_seconds{_LEASE}", "100x250")], 150, 0),
+    # under a quarter of a 1000 s TTL left (expiry 600 s: from 350 s) and the renewal overdue
+    "VaultsyncLeaseExpiringSoon": ([(f"vaultsync_lease_expiry_timestamp_seconds{_LEASE}", "600x250"),
+                                    (f"vaultsync_lease_ttl_seconds{_LEASE}", "1000x250"),
+                                    (f"vaultsync_lease_renewal_due_timestamp_seconds{_LEASE}", "100x250")], 360, 0),
+    "VaultsyncLeaseExpired": ([(f"vaultsync_lease_expiry_timestamp_seconds{_LEASE}", "100x250")], 135, 0),
+    "VaultsyncTokenRenewalOverdue": ([("vaultsync_token_renewal_due_timestamp_seconds", "100x250")], 150, 0),
+    "VaultsyncTokenExpiringSoon": ([("vaultsync_token_expiry_timestamp_seconds", "600x250"), ("vaultsync_token_ttl_seconds", "1000x250"),
+                                    ("vaultsync_token_renewal_due_timestamp_seconds", "100x250")], 360, 0),
+    "VaultsyncTokenExpired": ([("vaultsync_token_expiry_timestamp_seconds", "100x250")], 135, 0),
+    "VaultsyncRenewalsFailing": ([('vaultsync_renewals_total{kind="lease",result="failure"}', "0+1x250")], 15, 600),
+    "VaultsyncLoginsFailing": ([('vaultsync_logins_total{method="approle",result="failure"}', "0+1x250")], 15, 600),
+    "VaultsyncRenderFailing": ([('vaultsync_render_total{service="api",destination="api.env",result="failure"}', "0+1x250")], 15, 600),
+    "VaultsyncRenderStale": ([('vaultsync_last_render_success_timestamp_seconds{service="api",destination="api.env"}', "0x250")], 1815, 300),
+    "VaultsyncVaultUnreachable": ([("vaultsync_vault_up", "0x250")], 0, 120),
+    "VaultsyncDown": ([('up{job="vaultsync",instance="vaultsync:9464"}', "0x250")], 0, 300),
+    "VaultsyncRotationsFailing": ([('vaultsync_rotations_total{service="api",result="failure"}', "0+1x250")], 15, 0),
+}
+
+
+def _boundary_tests() -> dict[str, Any]:
+    tests = []
+    for name, (series, onset, hold) in BOUNDARIES.items():
+        def alerts(state: str, at: int, present: bool) -> dict[str, Any]:
+            return {"expr": f'count(ALERTS{{alertname="{name}",alertstate="{state}"}})', "eval_time": f"{at}s",
+                    "exp_samples": [{"labels": "{}", "value": 1}] if present else []}
+
+        checks = [alerts("firing", onset + hold, True)]
+        if onset + hold >= STEP:
+            checks.append(alerts("firing", onset + hold - STEP, False))
+        if hold:  # pending from the onset, not one evaluation earlier
+            checks.append(alerts("pending", onset, True))
+            if onset >= STEP:
+                checks.append(alerts("pending", onset - STEP, False))
+        tests.append({"name": f"{name} fires exactly {hold}s after its condition holds from {onset}s", "interval": f"{STEP}s",
+                      "input_series": [{"series": s, "values": v} for s, v in series], "promql_expr_test": checks})
+    return {"rule_files": [str(RULES)], "evaluation_interval": f"{STEP}s", "tests": tests}
+
+
+def test_every_alert_fires_at_the_exact_evaluation_its_for_and_threshold_say(tmp_path: Path) -> None:
+    assert set(BOUNDARIES) == set(_alerts()) == REQUIRED_ALERTS
+    (tmp_path / "boundaries.yml").write_text(yaml.safe_dump(_boundary_tests(), sort_keys=False))
+    _ok(promtool("test", "rules", tmp_path / "boundaries.yml"))
+
+
+def test_boundary_tests_catch_a_for_off_by_one_minute(tmp_path: Path) -> None:
+    """`for: 2m` -> `3m` on VaultsyncVaultUnreachable must fail the boundary tests."""
+    text = RULES.read_text()
+    rule = "expr: vaultsync_vault_up == 0\n        for: 2m"
+    assert rule in text
+    rules = tmp_path / "vaultsync.yml"
+    rules.write_text(text.replace(rule, rule.replace("2m", "3m")))
+    doc = _boundary_tests()
+    doc["rule_files"] = [str(rules)]
+    (tmp_path / "boundaries.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    proc = promtool("test", "rules", tmp_path / "boundaries.yml")
+    assert proc.returncode != 0 and "VaultsyncVaultUnreachable" in proc.stdout + proc.stderr, proc.stdout

@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import tomllib
 from collections.abc import Iterator
@@ -571,6 +572,23 @@ def _seal_status(addr: str, timeout: float = 30) -> dict[str, Any]:
             time.sleep(0.2)
 
 
+def _run_helper_until(env: dict[str, str], message: str, timeout: float = 60) -> str:
+    """Run the init/unseal helper until its log says ``message`` (it keeps watching: then SIGTERM it)."""
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(["sh", str(SCRIPT)], env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while message not in (err := (log.seek(0), log.read())[1]):
+                assert proc.poll() is None, f"the helper exited {proc.returncode}:\n{err}"
+                assert time.monotonic() < deadline, f"no {message!r} from the helper within {timeout}s:\n{err}"
+                time.sleep(0.1)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
+        log.seek(0)
+        return log.read()
+
+
 @pytest.fixture
 def stack_server(tmp_path: Path, composecheck: Path):
     """A real Vault/OpenBao in server mode, started from compose/openbao/config.hcl (addresses and paths localised)."""
@@ -671,11 +689,7 @@ def test_init_unseal_never_replaces_an_existing_key_file(stack_server) -> None:
     keys = state / "init.json"
     keys.write_text('{"unseal_keys_b64": ["a2VlcC1tZS1rZWVwLW1lLWtlZXAtbWU="], "root_token": "keep-me"}')
     before = keys.read_bytes()
-    proc = subprocess.Popen(["sh", str(SCRIPT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=10)
-    assert "doing nothing" in err, err
+    err = _run_helper_until(env, "doing nothing")
     assert keys.read_bytes() == before
     assert sorted(p.name for p in state.iterdir()) == ["init.json"]
     assert _seal_status(addr)["initialized"] is False
@@ -686,10 +700,6 @@ def test_init_unseal_refuses_to_guess_without_its_keys(stack_server) -> None:
     addr, env = stack_server.addr, stack_server.script_env
     init = requests.put(f"{addr}/v1/sys/init", json={"secret_shares": 1, "secret_threshold": 1}, timeout=30)
     assert init.status_code == 200, init.text
-    proc = subprocess.Popen(["sh", str(SCRIPT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=10)
-    assert "init.json is missing" in err, err
+    err = _run_helper_until(env, "init.json is missing")
     assert _seal_status(addr)["sealed"] is True
     assert not (Path(env["BAO_INIT_DIR"]) / "init.json").exists()

@@ -19,6 +19,7 @@ from vaultsync.leases import (
     plan_after_renewal,
     plan_new_lease,
     refetch_delay_nonrenewable,
+    reissue_early,
     retry_delay_before_expiry,
 )
 
@@ -381,3 +382,129 @@ class TestReissueEarly:
 
         d = leases.plan_new_lease(30.0, renewable=True, now=0.0, rng=_r.Random(2))
         assert leases.reissue_early(d, now=0.0, lead=10.0) is d
+
+
+# --- exact values, found by mutation testing (issue 17) -------------------------------------------
+# A stub random source drawing at a fixed fraction of the interval turns the jittered
+# formulas into exact numbers, so an off-by-one constant or a dropped term changes the result.
+
+
+class Draw:
+    """``uniform(a, b)`` always returns ``a + fraction * (b - a)``."""
+
+    def __init__(self, fraction: float) -> None:
+        self.fraction = fraction
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + self.fraction * (b - a)
+
+
+LOW, HIGH = Draw(0.0), Draw(1.0)
+D = leases.RenewalDecision
+A = leases.Action
+
+
+def test_parse_duration_messages_name_the_input_and_the_rule():
+    with pytest.raises(ValueError, match=r"invalid duration -1: must not be negative"):
+        parse_duration(-1)
+    with pytest.raises(ValueError, match=r"'-1h': must not be negative"):
+        parse_duration("-1h")
+    with pytest.raises(ValueError, match=r"of type list: expected str, int or float"):
+        parse_duration([1])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^invalid duration '': empty$"):
+        parse_duration("   ")
+    with pytest.raises(ValueError, match=r"'9{400}h': must be finite"):
+        parse_duration("9" * 400 + "h")
+    with pytest.raises(ValueError) as exc:
+        parse_duration("5 minutes")
+    assert f"(units: {', '.join(leases._UNIT_SECONDS)})" in str(exc.value)
+
+
+def test_parse_duration_plain_number_string_overflow_names_it():
+    text = "1" + "0" * 400
+    with pytest.raises(ValueError, match=f"'{text}': must be finite"):
+        parse_duration(text)
+
+
+def test_next_renewal_delay_exact_formula():
+    # 2/3 of what is left plus a third of the grace, drawn low/high.
+    assert next_renewal_delay(300, 300, 30, LOW) == pytest.approx(200.0)
+    assert next_renewal_delay(300, 300, 30, HIGH) == pytest.approx(210.0)
+    # A grace of 0 (or below) adds nothing.
+    assert next_renewal_delay(300, 300, 0, HIGH) == pytest.approx(200.0)
+    assert next_renewal_delay(300, 300, -9, HIGH) == pytest.approx(200.0)
+    # lease_duration 0 means "unknown": no clamp; a positive one clamps what is left.
+    assert next_renewal_delay(30, 0, 0, LOW) == pytest.approx(20.0)
+    assert next_renewal_delay(30, 0.9, 0, LOW) == pytest.approx(0.6)
+
+
+def test_plan_new_lease_exact_decisions():
+    assert plan_new_lease(0, renewable=True, now=100, rng=LOW) == D(A.NOTHING, None, None, None, 0.0, "no expiry (ttl 0)")
+    assert plan_new_lease(100, renewable=False, now=100, rng=LOW) == D(A.REISSUE, 85.0, 185.0, 200.0, 10.0, "not renewable")
+    assert plan_new_lease(300, renewable=True, now=100, rng=LOW) == D(A.RENEW, 200.0, 300.0, 400.0, 30.0, "renewable")
+    with pytest.raises(ValueError, match=r"ttl must not be negative \(got -1\)"):
+        plan_new_lease(-1, renewable=True, now=0, rng=LOW)
+
+
+def test_plan_after_renewal_exact_decisions():
+    now = 1000.0
+    assert plan_after_renewal(60, 0, 60, 6, now=now, rng=LOW) == D(A.REISSUE, 0.0, now, now, 0.0, "server returned ttl 0: expired")
+    assert plan_after_renewal(60, 60, 60, 6, now=now, rng=LOW, renewable=False) == D(
+        A.REISSUE, 51.0, now + 51.0, now + 60.0, 6.0, "lease no longer renewable")
+    assert plan_after_renewal(60, 60, 60, 6, now=now, rng=LOW) == D(A.RENEW, 40.0, now + 40.0, now + 60.0, 6.0, "lease extended")
+    # Capped: the reason says against what.
+    capped = plan_after_renewal(60, 30, 60, 6, now=now, rng=LOW)
+    assert capped == D(A.REISSUE, 24.0, now + 24.0, now + 30.0, 6.0, "max ttl reached (ttl 30s < requested 60s)", True)
+    before = plan_after_renewal(None, 30, 60, 6, now=now, rng=LOW)
+    assert before.reason == "max ttl reached (ttl 30s < previous 60s)" and before.max_ttl_reached
+    with pytest.raises(ValueError, match=r"returned_ttl must not be negative \(got -2\)"):
+        plan_after_renewal(60, -2, 60, 6, now=now, rng=LOW)
+
+
+def test_plan_after_renewal_boundaries():
+    now = 0.0
+    # Servers count whole seconds: a shortfall of exactly the 1 s slack is rounding, 1.5 s is a cap.
+    assert plan_after_renewal(60, 59, None, 6, now=now, rng=LOW).action is A.RENEW
+    assert plan_after_renewal(None, 59, 60, 6, now=now, rng=LOW).action is A.RENEW
+    assert plan_after_renewal(60, 58.5, None, 6, now=now, rng=LOW).max_ttl_reached
+    # A TTL of 1 s is not "expired".
+    assert plan_after_renewal(None, 1, None, 0.1, now=now, rng=LOW).reason == "lease extended"
+    # A TTL equal to the grace is inside it.
+    inside = plan_after_renewal(None, 5, None, 5, now=now, rng=LOW)
+    assert inside.action is A.REISSUE and inside.reason == "ttl 5s within grace 5s" and inside.max_ttl_reached
+
+
+def test_reissue_early_exact_and_only_for_max_ttl_reissues():
+    capped = D(A.REISSUE, 24.0, 124.0, 130.0, 6.0, "max ttl reached", True)
+    assert reissue_early(capped, now=100, lead=10) == D(A.REISSUE, 20.0, 120.0, 130.0, 6.0, "max ttl reached; 10s before expiry", True)
+    no_at = D(A.REISSUE, None, None, 130.0, 6.0, "x", True)
+    assert reissue_early(no_at, now=100, lead=10).at == 100
+    not_renewable = D(A.REISSUE, 24.0, 124.0, 130.0, 6.0, "not renewable", False)
+    assert reissue_early(not_renewable, now=100, lead=10) is not_renewable
+    renew = D(A.RENEW, 24.0, 124.0, 130.0, 6.0, "odd", True)
+    assert reissue_early(renew, now=100, lead=10) is renew
+
+
+def test_backoff_argument_errors_say_what_is_wrong():
+    with pytest.raises(TypeError, match=r"attempt must be an int \(got float\)"):
+        backoff_ceiling(1.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"attempt must be >= 0 \(got -1\)"):
+        backoff_ceiling(-1)
+    with pytest.raises(ValueError, match=r"base must be a positive finite number \(got 0\)"):
+        backoff_ceiling(1, base=0)
+    with pytest.raises(ValueError, match=r"cap must be finite and >= base \(got cap=1, base=2\)"):
+        backoff_ceiling(1, base=2, cap=1)
+    assert backoff_ceiling(3, base=2, cap=2) == 2  # cap == base is allowed
+
+
+def test_retry_delay_before_expiry_exact():
+    far = 1e9
+    # Defaults: capped at 300 s, 5 s of margin before expiry.
+    assert retry_delay_before_expiry(20, far, 0, rng=HIGH) == 300.0
+    assert retry_delay_before_expiry(20, far, 0, rng=HIGH, cap=10) == 10.0
+    assert retry_delay_before_expiry(5, 10, 0, rng=HIGH) == 5.0
+    assert retry_delay_before_expiry(5, 10, 0, rng=HIGH, margin=0) == 10.0
+    assert retry_delay_before_expiry(0, 5.5, 0, rng=HIGH) == 0.5  # deadline 0.5 s away
+    # Inside the margin: half of what is left (never 0, never a spin).
+    assert retry_delay_before_expiry(10, 5, 0, rng=HIGH) == 2.5
+    assert retry_delay_before_expiry(10, 4, 0, rng=HIGH) == 2.0

@@ -59,3 +59,22 @@ def test_scrub_cost_stays_flat_as_credentials_come_and_go():
         vlog.register_secret(value)
         vlog.forget_secret(value)
     assert len(vlog._ordered) < 50
+
+
+def test_overlapping_secrets_are_hidden_whole_longest_first():
+    """A secret that contains another must not leave its tail behind, whatever order they arrive in."""
+    short, long_, other = "ovl-pass-1", "ovl-pass-1-and-its-long-tail", "zz-unrelated-secret-9"
+    for order in ((short, long_), (long_, short)):
+        for v in order:
+            vlog.register_secret(v)
+        try:
+            text = vlog.scrub(f"a={long_} b={short} c={long_[::-1]}")
+            assert text == f"a={vlog.REDACTED} b={vlog.REDACTED} c={long_[::-1]}", text
+            # Forgetting an unrelated value re-orders what is left: still longest first.
+            vlog.register_secret(other)
+            vlog.forget_secret(other)
+            assert "-and-its-long-tail" not in vlog.scrub(f"x {long_}")
+        finally:
+            for v in order:
+                vlog.forget_secret(v)
+    assert long_ in vlog.scrub(long_)

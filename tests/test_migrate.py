@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import hvac
@@ -240,3 +241,112 @@ def test_paths_are_normalized_and_odd_names_reach_the_server_as_written(kv2, roo
     assert read(root, kv2, 2, "compose/api") == {"A": "1"}  # the '#' name did not clobber compose/api
     bad = cli("migrate", "--mount", kv2, "--path", "compose/../x", str(path))
     assert bad.code == 2 and "'..'" in bad.stderr
+
+
+# --- guarantees the first suite left open (issue 17) ----------------------------------------
+
+
+def test_check_and_set_guards_a_secret_that_already_exists(kv_any, root, vault_server, tmp_path):
+    """cas must carry the version planned for an EXISTING secret, not only cas=0 for new ones."""
+    mount, version = kv_any
+    kv = KV(vault_server.client(vault_server.token), mount, version)
+    kv.write("compose/api", {"A": "old", "KEEP": "k"})
+    path = write_env(tmp_path, "api", b"A=mine\n")
+    the_plan = m.plan(kv, m.build_targets([SourceSpec(str(path))], prefix="compose"))
+    assert the_plan.secrets[0].current.exists and the_plan.writes
+    theirs = {"A": "theirs", "KEEP": "k", "NEW": "n"}
+    kv.write("compose/api", theirs)  # a concurrent writer updates the existing secret
+    outcome = m.apply(kv, the_plan)
+    assert outcome.conflicts == ["compose/api"] and outcome.written == [] and outcome.exit_code == 3
+    assert read(root, mount, version, "compose/api") == theirs
+    if version == 2:
+        assert kv2_version(root, mount, "compose/api") == 2
+
+
+def test_second_run_makes_zero_writes_when_vault_holds_extra_keys(kv2, root, cli, tmp_path):
+    """Keys only in Vault are kept and reported, never a reason to write."""
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"A": "1", "LEGACY": "x"}, mount_point=kv2)
+    path = write_env(tmp_path, "api", b"A=1\n")
+    for _ in range(2):
+        res = cli("migrate", "--mount", kv2, "--output", "json", str(path))
+        assert res.code == 0, res.output
+        doc = json.loads(res.stdout)
+        assert doc["plan"]["writes"] == 0 and doc["result"] is None
+        assert {k["key"]: k["status"] for k in doc["plan"]["secrets"][0]["keys"]} == {"A": "unchanged", "LEGACY": "only_in_vault"}
+    assert kv2_version(root, kv2, "compose/api") == 1
+
+
+def test_fingerprint_key_is_new_each_run(kv2, cli, tmp_path):
+    """Equal values look equal within a run; across runs the fingerprints differ (nothing to correlate offline)."""
+    path = write_env(tmp_path, "api", f"A={CANARY}\nB={CANARY}\n".encode())
+    runs = []
+    for _ in range(2):
+        res = cli("migrate", "--mount", kv2, "--dry-run", "--output", "json", str(path))
+        assert res.code == 0, res.output
+        keys = {k["key"]: k["new"] for k in json.loads(res.stdout)["plan"]["secrets"][0]["keys"]}
+        assert keys["A"] == keys["B"]
+        runs.append(keys["A"])
+    assert runs[0] != runs[1], "the fingerprint key is fixed: the same value fingerprints the same in every run"
+    assert m.Fingerprinter()("v") != m.Fingerprinter()("v")
+
+
+def test_requests_really_overlap_under_concurrency(kv2, root, vault_server, tmp_path, monkeypatch):
+    """Count requests in flight at the same time (not writes): plan and apply overlap up to --concurrency."""
+    import threading
+    import time
+
+    from requests.adapters import HTTPAdapter
+
+    from vaultsync import vault as vault_module
+
+    lock, state = threading.Lock(), {"now": 0, "peak": 0, "total": 0}
+
+    class InFlight(HTTPAdapter):
+        def send(self, request, **kwargs):
+            with lock:
+                state["now"] += 1
+                state["total"] += 1
+                state["peak"] = max(state["peak"], state["now"])
+            try:
+                time.sleep(0.05)  # widen each request so overlap cannot depend on luck
+                return super().send(request, **kwargs)
+            finally:
+                with lock:
+                    state["now"] -= 1
+
+    monkeypatch.setattr(vault_module, "HTTPAdapter", InFlight)
+    files = [str(write_env(tmp_path, f"svc{i:02d}", f"K{i}=v{i}\n".encode())) for i in range(24)]
+    env = vault_server.env(tmp_path, vault_server.token)
+    res = CliRunner().invoke(cli_module.main, ["migrate", "--mount", kv2, "--kv-version", "2", "--concurrency", "6", *files], env=env)
+    assert res.exit_code == 0, res.output
+    assert state["total"] >= 24
+    assert 4 <= state["peak"] <= 6, f"peak {state['peak']} requests in flight with --concurrency 6"
+    assert read(root, kv2, 2, "compose/svc17") == {"K17": "v17"}
+
+
+def test_oversized_secret_writes_nothing_at_all(kv2, root, cli, tmp_path):
+    good = write_env(tmp_path, "good", b"G=1\n")
+    big = write_env(tmp_path, "big", ("BLOB=" + "x" * 600_000 + "\n").encode())
+    res = cli("migrate", "--mount", kv2, str(good), str(big))
+    assert res.code == 2 and "compose/big" in res.stderr and "over the" in res.stderr, res.output
+    assert "x" * 100 not in res.output
+    assert read(root, kv2, 2, "compose/good") is None and read(root, kv2, 2, "compose/big") is None
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        root.secrets.kv.v2.list_secrets(path="compose", mount_point=kv2)
+
+
+def test_plain_kv_mount_without_options_is_detected_as_v1(root, cli, vault_server, tmp_path):
+    """`vault secrets enable kv` (no -version) reports options null: that is KV v1."""
+    from vaultsync.vault import detect_kv_version
+
+    mount = "plain-" + uuid.uuid4().hex[:8]
+    root.sys.enable_secrets_engine("kv", path=mount)
+    try:
+        assert root.adapter.get(f"/v1/sys/internal/ui/mounts/{mount}")["data"].get("options") is None
+        assert detect_kv_version(vault_server.client(vault_server.token), mount) == 1
+        path = write_env(tmp_path, "api", b"A=1\n")
+        res = cli("migrate", "--mount", mount, str(path))
+        assert res.code == 0, res.output
+        assert read(root, mount, 1, "compose/api") == {"A": "1"}
+    finally:
+        root.sys.disable_secrets_engine(mount)

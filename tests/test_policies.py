@@ -276,3 +276,51 @@ def test_policies_apply_creates_the_daemons_own_approle(kv2, root, cli, vault_se
     assert "vaultsync-daemon" in state.policies
     again = cli("--config", str(cfg), "policies", "apply", str(ROOT / "policies"))
     assert again.code == 0 and "Nothing to change." in again.stdout
+
+
+def _capabilities(root: hvac.Client, token: str, path: str) -> set[str]:
+    return set(root.adapter.post("/v1/sys/capabilities", json={"token": token, "paths": [path]})["data"][path])
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_generated_service_policy_grants_no_write_on_its_own_secret(version, root, cli, vault_server, tmp_path):
+    """Reads only: a service that could create or update its own secret could poison what the daemon renders."""
+    mount = f"ro{version}-" + uuid.uuid4().hex[:8]
+    root.sys.enable_secrets_engine("kv", path=mount, options={"version": str(version)})
+    try:
+        approle = "approle-" + uuid.uuid4().hex[:8]
+        cfg = write_config(tmp_path, mount, approle, {"api": 'dynamic = { db = "database/creds/api" }'})
+        assert cli("--config", str(cfg), "policies", "apply", "--kv-version", str(version), str(tmp_path)).code == 0
+        token = root.auth.token.create(policies=["vaultsync-svc-api"], no_default_policy=True, ttl="5m")["auth"]["client_token"]
+        own = {1: [f"{mount}/compose/api"], 2: [f"{mount}/data/compose/api", f"{mount}/metadata/compose/api"]}[version]
+        assert _capabilities(root, token, own[0]) == {"read"} | ({"list"} if version == 1 else set())
+        for path in own[1:]:
+            assert _capabilities(root, token, path) <= {"read", "list"}
+        assert _capabilities(root, token, "database/creds/api") == {"read"}
+        assert _capabilities(root, token, f"{mount}/data/compose/other" if version == 2 else f"{mount}/compose/other") == {"deny"}
+        client = vault_server.client(token)
+        with pytest.raises(hvac.exceptions.Forbidden):
+            if version == 2:
+                client.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"X": "1"}, mount_point=mount)
+            else:
+                client.secrets.kv.v1.create_or_update_secret(path="compose/api", secret={"X": "1"}, mount_point=mount)
+    finally:
+        root.sys.disable_secrets_engine(mount)
+
+
+def test_wrapped_secret_id_of_another_role_is_refused(kv2, root, cli, vault_server, tmp_path):
+    """Only auth/<mount>/role/<our role>/secret-id may have created the wrapping token."""
+    approle = "approle-" + uuid.uuid4().hex[:8]
+    cfg = write_config(tmp_path, kv2, approle, {"api": "", "other": ""})
+    assert cli("--config", str(cfg), "policies", "apply", str(tmp_path)).code == 0
+    theirs = auth.issue_credentials(root, mount=approle, role="other", wrap_ttl=60)
+    with pytest.raises(auth.SecurityError, match=f"auth/{approle}/role/other/secret-id"):
+        auth.unwrap_secret_id(vault_server.client(), theirs.secret_id, mount=approle, role="api")
+    # Refused before unwrapping: the token is still valid for its owner.
+    assert root.adapter.post("/v1/sys/wrapping/unwrap", json={"token": theirs.secret_id})["data"]["secret_id"]
+    # Another mount's secret-id endpoint is refused too, even when no role name is configured.
+    elsewhere = auth.issue_credentials(root, mount=approle, role="api", wrap_ttl=60)
+    with pytest.raises(auth.SecurityError):
+        auth.unwrap_secret_id(vault_server.client(), elsewhere.secret_id, mount="approle", role=None)
+    ours = auth.issue_credentials(root, mount=approle, role="api", wrap_ttl=60)
+    assert auth.unwrap_secret_id(vault_server.client(), ours.secret_id, mount=approle, role="api")

@@ -312,8 +312,12 @@ def test_sigkill_never_leaves_a_torn_file(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     rng = random.Random(1234)
     whole = {b"A" * (1 << 20), b"B" * (1 << 20)}
-    kills = 0
-    for _ in range(15):
+    kills = mid_write = 0
+    # Kill until enough kills provably landed inside a write (each leaves its temp file):
+    # a kill between two writes proves nothing about atomicity.
+    while mid_write < 5:
+        assert kills < 60, f"only {mid_write} of {kills} kills landed mid-write: the test proved nothing"
+        before = len(temp_files(target.parent)) if target.parent.exists() else 0
         proc = subprocess.Popen([sys.executable, str(script), str(target)], env=env, stdout=subprocess.PIPE)
         try:
             assert proc.stdout.readline() == b"writing\n", "writer died"  # it is in its write loop
@@ -324,9 +328,9 @@ def test_sigkill_never_leaves_a_torn_file(tmp_path):
             proc.stdout.close()
         assert proc.returncode == -signal.SIGKILL
         kills += 1
+        mid_write += len(temp_files(target.parent)) > before
         assert target.read_bytes() in whole
         assert mode_of(target) == 0o600
-    assert kills >= 10
     # Whatever temp files the kills left behind are ours to sweep at start-up.
     leftovers = temp_files(target.parent)
     print(f"{kills} kills left {len(leftovers)} temp files (kills that landed mid-write)")
