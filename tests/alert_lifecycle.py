@@ -89,8 +89,8 @@ def walk(kind: str, ttl: float, max_ttl: float, horizon: float, *, seed: int, st
         w.renewals += 1
         returned = max(0.0, min(ttl, issued_at + max_ttl - now))
         decision = leases.plan_after_renewal(ttl, returned, granted, decision.grace, now=now, rng=rng)
-        if kind == "lease":  # the daemon hands new credentials over before the old ones expire
-            decision = leases.reissue_early(decision, now=now, lead=REVOKE_GRACE + 1.0)
+        # The daemon hands new credentials over before the old ones expire (a token's leases die with it).
+        decision = leases.reissue_early(decision, now=now, lead=REVOKE_GRACE + 1.0)
         w.capped += decision.max_ttl_reached
         granted = returned
         w.changes.append((now, Sample(returned, now + returned, decision.at or 0.0)))

@@ -89,6 +89,7 @@ path = "api.env"
     return DaemonProc(cfg, daemon_env(vault_server, None, workdir), workdir, name="healthy").start()
 
 
+@pytest.mark.timeout(900)  # it waits out most of a 300 s lease on purpose
 def test_a_stalled_lease_pages_before_it_expires_and_a_healthy_daemon_never_alerts(
         kv2, root, vault_server, postgres_server, prometheus_server, webhook, tmp_path):
     for svc in ("billing", "api"):

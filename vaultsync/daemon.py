@@ -410,6 +410,9 @@ class Daemon(RecoveryMixin):
             state.ttl or None, new.ttl, self.token.granted or None, d.grace,
             now=now, rng=self.rng, renewable=new.renewable, periodic=bool(state.period),
         )
+        # Every lease dies with this token: log in (and re-issue them) early enough that the services
+        # switch to the new credentials before the old token takes the old ones with it.
+        decision = leases.reissue_early(decision, now=now, lead=self.settings.daemon.lease_revoke_grace + 1.0)
         with self._lock:
             self.token = TokenInfo(state=state, expires_at=now + new.ttl if new.ttl else None, granted=new.ttl,
                                    decision=decision, last_renewal=now)
