@@ -19,9 +19,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from vaultsync.errors import ConfigError
+from vaultsync.errors import ConfigError, VaultsyncError
 from vaultsync.formats import STYLES
 from vaultsync.leases import parse_duration
+from vaultsync.safefs import resolve_owner
 
 DEFAULT_CONFIG = "vaultsync.toml"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -83,6 +84,8 @@ class Destination:
     style: str = "dotenv"  # dotenv | docker | shell | template
     template: str | None = None  # file holding a string.Template, for style = "template"
     mode: int = 0o600
+    owner: str | int | None = None  # user (name or uid) the file belongs to; default: the user vaultsync runs as
+    group: str | int | None = None  # group (name or gid); default: vaultsync's own
     backup: bool = False
     command: tuple[str, ...] = ()
     command_timeout: float = 30.0
@@ -261,6 +264,10 @@ def _destination(item: Mapping[str, Any], src: str, where: str, base_dir: Path) 
     if not 0 <= dest.mode <= 0o777:
         raise ConfigError(f"{src}: {where}.mode must be a permission like \"0600\" (as a string)")
     _positive(dest.command_timeout, src, f"{where}.command_timeout")
+    try:
+        resolve_owner(dest.owner, dest.group)
+    except VaultsyncError as exc:
+        raise ConfigError(f"{src}: {where}: {exc}") from None
     if dest.wait_min < 0 or dest.wait_max < dest.wait_min:
         raise ConfigError(f"{src}: {where}.wait needs 0 <= min <= max")
     sig = dest.signal.upper()

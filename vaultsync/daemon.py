@@ -37,6 +37,7 @@ from vaultsync.config import Destination, ServiceSettings, Settings
 from vaultsync.errors import VaultError, VaultsyncError
 from vaultsync.logging import forget_secret, get_logger, register_secret
 from vaultsync.metrics import HealthServer, Metrics
+from vaultsync.safefs import resolve_owner
 from vaultsync.vault import KV, describe, detect_kv_version, make_client
 
 log = get_logger("vaultsync.daemon")
@@ -735,7 +736,8 @@ def write_destination(dest: Destination, values: dict[str, str], *, service: str
             with open(dest.template, encoding="utf-8") as f:
                 template = f.read()
         text = formats.render(dest.style, values, template=template, destination=dest.path)
-        written = render.atomic_write(dest.path, text.encode("utf-8"), mode=dest.mode, backup=dest.backup)
+        written = render.atomic_write(dest.path, text.encode("utf-8"), mode=dest.mode, backup=dest.backup,
+                                      owner=resolve_owner(dest.owner, dest.group))
     except (VaultsyncError, OSError, ValueError) as exc:
         return RenderOutcome("failure", str(exc) if not isinstance(exc, OSError) else f"{dest.path}: {exc.strerror}")
     return RenderOutcome("success" if written else "unchanged")

@@ -1,0 +1,149 @@
+"""Destination folders another local user controls (issue 10, finding 1), as a root daemon meets them.
+
+Each test plays the unprivileged user (``other_user``, a real OS account) against the code that
+writes secrets: a folder they can write, a file they planted, a folder they made in a sticky
+``/tmp``, a symlink they own on the way. Every write must be refused with a clear error for that
+destination, leave what is there alone, and never hand the secret to them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from vaultsync import render
+from vaultsync.config import Destination
+from vaultsync.daemon import write_destination
+
+SECRET = {"DB_PASSWORD": "canary-pw-0123456789"}
+
+
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Path:
+    """pytest's temp folders are 0700: let the other user reach (not list or write) this one."""
+    for folder in (tmp_path, tmp_path.parent):
+        folder.chmod(0o711)
+    return tmp_path
+
+
+def _write(path: Path, **kw: object):
+    return write_destination(Destination(path=str(path), **kw), SECRET, service="api")  # type: ignore[arg-type]
+
+
+def _owned_by(path: Path, user) -> bool:
+    st = os.lstat(path)
+    return (st.st_uid, st.st_gid) == (user.uid, user.gid)
+
+
+def test_folder_writable_by_another_user_is_refused_and_the_planted_file_kept(tmp_path, other_user):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # e.g. a careless `chmod 777` on the compose folder
+    planted = shared / "app.env"
+    assert other_user.run("touch", str(planted)).returncode == 0  # they plant the destination file
+    outcome = _write(planted)
+    assert outcome.result == "failure"
+    assert "writable by other users" in outcome.error and str(shared) in outcome.error
+    assert planted.read_bytes() == b"" and _owned_by(planted, other_user)
+    assert not [p for p in shared.iterdir() if p.name != "app.env"], "a temp file was left in their folder"
+
+
+def test_group_writable_folder_is_refused(tmp_path, other_user):
+    shared = tmp_path / "grp"
+    shared.mkdir()
+    os.chown(shared, 0, other_user.gid)
+    shared.chmod(0o770)
+    outcome = _write(shared / "app.env")
+    assert outcome.result == "failure" and "writable by other users" in outcome.error
+
+
+def test_folder_made_in_advance_by_another_user_in_a_sticky_folder_is_refused(tmp_path, other_user):
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)  # like /tmp
+    assert other_user.run("mkdir", "-m", "0755", str(sticky / "app")).returncode == 0
+    outcome = _write(sticky / "app" / "app.env")
+    assert outcome.result == "failure" and f"uid {other_user.uid}" in outcome.error
+    assert not (sticky / "app" / "app.env").exists()
+
+
+def test_a_sticky_root_folder_may_be_crossed_to_a_safe_one(tmp_path):
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    assert _write(sticky / "mine" / "app.env").result == "success"  # created 0700 by us, inside
+    assert (os.stat(sticky / "mine").st_mode & 0o777) == 0o700
+    assert _write(sticky / "direct.env").result == "failure"  # but never written straight into it
+
+
+def test_symlinked_folder_owned_by_another_user_is_not_followed(tmp_path, other_user):
+    elsewhere = tmp_path / "etc-x"  # stands for /etc/x: where root may write, they may not
+    elsewhere.mkdir()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    link = shared / "sub"
+    link.symlink_to(elsewhere)
+    os.lchown(link, other_user.uid, other_user.gid)  # their link (made in a folder they once could write)
+    outcome = _write(link / "app.env")
+    assert outcome.result == "failure" and "symlink owned by uid" in outcome.error
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_root_owned_symlink_on_the_way_is_followed(tmp_path):
+    real = tmp_path / "run"
+    real.mkdir()
+    (tmp_path / "var-run").symlink_to(real)  # like /var/run -> /run
+    assert _write(tmp_path / "var-run" / "app" / "app.env").result == "success"
+    assert "canary-pw" in (real / "app" / "app.env").read_text()
+
+
+def test_the_file_planted_in_a_safe_folder_never_lends_its_owner(tmp_path, other_user):
+    """The folder is fine, but a file of theirs sits at the destination (planted before the folder
+    was locked down, or chowned by hand): the secret must not become theirs."""
+    folder = tmp_path / "app"
+    folder.mkdir(mode=0o755)
+    planted = folder / "app.env"
+    planted.write_text("old\n")
+    os.chown(planted, other_user.uid, other_user.gid)
+    assert _write(planted).result == "success"
+    st = os.stat(planted)
+    assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid())
+    assert "canary-pw" in planted.read_text()
+
+
+def test_owner_and_group_come_from_the_config(tmp_path, other_user):
+    folder = tmp_path / "svc"
+    assert _write(folder / "app.env", owner=other_user.name, group=str(other_user.gid)).result == "success"
+    assert _owned_by(folder / "app.env", other_user) and _owned_by(folder, other_user)
+    # the service's own folder is trusted for the service's own file
+    assert _write(folder / "second.env", owner=str(other_user.uid)).result == "success"
+
+
+def test_unknown_owner_is_a_config_error(tmp_path):
+    from vaultsync import config
+
+    cfg = tmp_path / "vaultsync.toml"
+    cfg.write_text('[services.api]\n[[services.api.destinations]]\npath = "a.env"\nowner = "no-such-user-xyz"\n')
+    with pytest.raises(config.ConfigError, match=r"services\.api\.destinations\[0\]: unknown user 'no-such-user-xyz'"):
+        config.load(cfg, env={})
+
+
+def test_a_parent_that_is_a_regular_file_fails_that_destination_only(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert render.remove_stale_temp_files(blocker / "app.env") == 0  # daemon start-up must not crash
+    outcome = _write(blocker / "app.env")
+    assert outcome.result == "failure" and "not a folder" in outcome.error
+
+
+def test_atomic_write_refuses_directly(tmp_path, other_user):
+    from vaultsync.safefs import UnsafePath
+
+    folder = tmp_path / "o"
+    folder.mkdir()
+    os.chown(folder, other_user.uid, other_user.gid)
+    with pytest.raises(UnsafePath):
+        render.atomic_write(folder / "x", b"secret")
+    assert list(folder.iterdir()) == []
