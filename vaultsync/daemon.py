@@ -400,7 +400,7 @@ class Daemon:
             changed = secret.data != st.kv_data or (secret.version and secret.version != st.kv_version)
             if changed:
                 for value in (secret.data or {}).values():
-                    register_secret(value if isinstance(value, str) else None)
+                    register_secret(value)
                 self._forget_values(st.kv_data or {})
             st.kv_data, st.kv_version = secret.data, secret.version
             first_load, st.kv_loaded = not st.kv_loaded, True
@@ -447,8 +447,7 @@ class Daemon:
         st.issue_attempts.pop(name, None)
         data = dict(resp.get("data") or {})
         for value in data.values():
-            if isinstance(value, str):
-                register_secret(value)
+            register_secret(value)
         lease_id = resp.get("lease_id") or ""
         ttl = float(resp.get("lease_duration") or 0)
         decision = leases.plan_new_lease(ttl, renewable=bool(resp.get("renewable")), now=now, rng=self.rng)
@@ -541,8 +540,7 @@ class Daemon:
     @staticmethod
     def _forget_values(data: dict[str, Any]) -> None:
         for value in data.values():
-            if isinstance(value, str):
-                forget_secret(value)
+            forget_secret(value)
 
     # -- rendering -------------------------------------------------------------------------------
 
@@ -605,8 +603,9 @@ class Daemon:
             if dest.command:
                 result = render.run_command(dest.command, timeout=dest.command_timeout)
                 ok = result.ok
-                log.info("hook ran", service=service, destination=dest.name, returncode=result.returncode,
-                         timed_out=result.timed_out, seconds=round(result.duration, 3), stderr=result.stderr_tail[-500:] or None)
+                (log.info if ok else log.warning)("hook ran", service=service, destination=dest.name, returncode=result.returncode,
+                                                  timed_out=result.timed_out, seconds=round(result.duration, 3))
+                log.debug("hook output", service=service, destination=dest.name, **result.output_excerpt())
             elif dest.pidfile:
                 pid = render.signal_pidfile(dest.pidfile, dest.signal)
                 ok = True

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vaultsync import logging as vlog
 from vaultsync import safefs
 from vaultsync.errors import VaultsyncError
 
@@ -48,6 +49,7 @@ _TEMP_SUFFIX = ".tmp"
 DEFAULT_HOOK_ENV: Mapping[str, str] = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 _TAIL_BYTES = 4096
+_EXCERPT_CHARS = 512
 _PID_MAX = 4_194_304  # Linux's largest possible pid_max (2**22)
 
 
@@ -277,6 +279,15 @@ class HookResult:
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and not self.timed_out
+
+    def output_excerpt(self, limit: int = _EXCERPT_CHARS) -> dict[str, str | None]:
+        """The hook's output for a *debug* log line: the end of each stream, at most ``limit``
+        characters, scrubbed of every known secret before it is cut (a hook that prints the
+        file it was called for prints every secret in it)."""
+        return {
+            "stdout": vlog.excerpt(self.stdout_tail, limit=limit, cut_at_start=self.stdout_truncated) or None,
+            "stderr": vlog.excerpt(self.stderr_tail, limit=limit, cut_at_start=self.stderr_truncated) or None,
+        }
 
 
 @dataclass

@@ -19,7 +19,7 @@ from requests.adapters import HTTPAdapter
 
 from vaultsync.config import VaultSettings, resolve_token
 from vaultsync.errors import BadInput, ConfigError, Conflict, VaultError
-from vaultsync.logging import register_secret
+from vaultsync.logging import register_secret, remember_secret
 
 
 def make_client(settings: VaultSettings, *, pool_size: int = 10, token: str | None = None, adapter: HTTPAdapter | None = None) -> hvac.Client:
@@ -130,10 +130,12 @@ class KV:
                 resp = self.client.adapter.get(f"/v1/{self.mount}/data/{url}")
                 body = resp["data"]
                 meta = body.get("metadata") or {}
+                _remember_values(body.get("data"))
                 # A deleted or destroyed latest version reads as absent but keeps its number,
                 # which check-and-set must be given.
                 return Secret(path, body.get("data"), int(meta.get("version") or 0))
             resp = self.client.adapter.get(f"/v1/{self.mount}/{url}")
+            _remember_values(resp["data"])
             return Secret(path, resp["data"], 0)
         except hvac.exceptions.InvalidPath as exc:
             if self.version == 2 and exc.json and isinstance(exc.json.get("data"), dict):
@@ -166,6 +168,7 @@ class KV:
         Returns the new version (v2) or 0 (v1)."""
         path = normalize_path(path)
         url = _url_path(path)
+        _remember_values(data)
         try:
             if self.version == 2:
                 body: dict[str, Any] = {"data": data}
@@ -188,3 +191,10 @@ class KV:
         if self.version == 2:
             return {f"{self.mount}/data/{path}": ["read"], f"{self.mount}/metadata/{path}": ["read", "list"]}
         return {f"{self.mount}/{path}": ["read", "list"]}
+
+
+def _remember_values(data: Any) -> None:
+    """Every value read from or written to KV is scrubbed from the logs for the rest of the process."""
+    if isinstance(data, dict):
+        for value in data.values():
+            remember_secret(value)
