@@ -390,8 +390,16 @@ def status(state: State, metrics_addr: str | None, output: str) -> None:
     from vaultsync.errors import VaultsyncError
 
     s = state.settings(**{"daemon.metrics_addr": metrics_addr})
+    from vaultsync.metrics import read_status_token
+
+    token = read_status_token(s.daemon.status_token_file)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        doc = requests.get(f"http://{s.daemon.metrics_addr}/status", timeout=5).json()
+        resp = requests.get(f"http://{s.daemon.metrics_addr}/status", headers=headers, timeout=5)
+        if resp.status_code == 403:
+            raise VaultsyncError(f"the daemon at {s.daemon.metrics_addr} refused /status: it answers loopback clients, "
+                                 "or the bearer token in daemon.status_token_file")
+        doc = resp.json()
     except (requests.RequestException, ValueError):
         raise VaultsyncError(f"no daemon answers at {s.daemon.metrics_addr} (is `vaultsync daemon` running?)") from None
     if output == "json":

@@ -127,6 +127,7 @@ class ServiceSettings:
 class DaemonSettings:
     poll_interval: float = 60.0
     metrics_addr: str = "127.0.0.1:9464"
+    status_token_file: str | None = None  # /status then needs "Authorization: Bearer <token>" (else: loopback only)
     revoke_on_exit: bool = False
     lease_revoke_grace: float = 30.0
     lock_ttl: float = 60.0
@@ -195,6 +196,7 @@ def _from_dict(raw: Mapping[str, Any], src: str, base_dir: Path) -> Settings:
     daemon = _section(
         DaemonSettings, raw.get("daemon", {}), src, "daemon", durations={"poll_interval", "lease_revoke_grace", "lock_ttl"}
     )
+    daemon = replace(daemon, status_token_file=_rel(daemon.status_token_file, base_dir))
     _positive(daemon.poll_interval, src, "daemon.poll_interval")
     _positive(daemon.lock_ttl, src, "daemon.lock_ttl")
     if daemon.lease_revoke_grace < 0:

@@ -36,7 +36,7 @@ from vaultsync import __version__, auth, config, formats, leases, render, rotati
 from vaultsync.config import Destination, ServiceSettings, Settings
 from vaultsync.errors import VaultError, VaultsyncError
 from vaultsync.logging import forget_secret, get_logger, register_secret
-from vaultsync.metrics import HealthServer, Metrics
+from vaultsync.metrics import HealthServer, Metrics, read_status_token
 from vaultsync.safefs import resolve_owner
 from vaultsync.vault import KV, describe, detect_kv_version, make_client
 
@@ -149,7 +149,8 @@ class Daemon:
         )
         self.http: HealthServer | None = None
         if serve_http and settings.daemon.metrics_addr:
-            self.http = HealthServer(settings.daemon.metrics_addr, self.metrics, self.ready, self.status)
+            self.http = HealthServer(settings.daemon.metrics_addr, self.metrics, self.ready, self.status,
+                                     status_token=read_status_token(settings.daemon.status_token_file))
 
     # -- scheduling helpers ---------------------------------------------------------------
 
