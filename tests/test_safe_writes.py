@@ -147,3 +147,64 @@ def test_atomic_write_refuses_directly(tmp_path, other_user):
     with pytest.raises(UnsafePath):
         render.atomic_write(folder / "x", b"secret")
     assert list(folder.iterdir()) == []
+
+
+# --- pid files (finding 5: a confused deputy) -------------------------------------------------------
+
+
+@pytest.fixture
+def sleeper():
+    import subprocess
+
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def _pidfile(folder: Path, pid: int) -> Path:
+    path = folder / "svc.pid"
+    path.write_text(f"{pid}\n")
+    path.chmod(0o644)
+    return path
+
+
+def test_pidfile_of_another_user_is_refused(tmp_path, other_user, sleeper):
+    path = _pidfile(tmp_path, sleeper.pid)
+    os.chown(path, other_user.uid, other_user.gid)  # they write which process root signals
+    with pytest.raises(render.PidfileError, match=f"belongs to uid {other_user.uid}"):
+        render.signal_pidfile(path, "TERM")
+    assert sleeper.poll() is None
+
+
+def test_pidfile_writable_by_others_is_refused(tmp_path, sleeper):
+    path = _pidfile(tmp_path, sleeper.pid)
+    path.chmod(0o666)
+    with pytest.raises(render.PidfileError, match="writable by other users"):
+        render.signal_pidfile(path, "TERM")
+    assert sleeper.poll() is None
+
+
+def test_pidfile_in_a_folder_another_user_controls_is_refused(tmp_path, other_user, sleeper):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    os.chown(folder, other_user.uid, other_user.gid)
+    path = _pidfile(folder, sleeper.pid)
+    with pytest.raises(render.PidfileError, match="belongs to uid"):
+        render.signal_pidfile(path, "TERM")
+    assert sleeper.poll() is None
+
+
+def test_pidfile_older_than_the_process_is_a_reused_pid(tmp_path, sleeper):
+    path = _pidfile(tmp_path, sleeper.pid)
+    old = os.stat(path).st_mtime - 3600  # written an hour before this process existed
+    os.utime(path, (old, old))
+    with pytest.raises(render.PidfileError, match="pid was reused"):
+        render.signal_pidfile(path, "TERM")
+    assert sleeper.poll() is None
+
+
+def test_a_good_pidfile_still_works(tmp_path, sleeper):
+    path = _pidfile(tmp_path, sleeper.pid)
+    assert render.signal_pidfile(path, "TERM") == sleeper.pid
+    assert sleeper.wait(timeout=5) == -15

@@ -440,25 +440,77 @@ def _resolve_signal(signame: str | int | signal.Signals) -> signal.Signals:
     raise TypeError(f"signal must be a name or number, not {type(signame).__name__}")
 
 
-def signal_pidfile(pidfile: str | os.PathLike[str], signame: str | int | signal.Signals) -> int:
-    """Send ``signame`` (``"HUP"``, ``"SIGHUP"``, a number) to the pid in ``pidfile``.
-
-    Returns the pid signalled. The first line of the file must be a decimal
-    pid between 2 and the kernel's maximum: 0 and negative numbers would
-    signal whole process groups and 1 is init, so a corrupted pid file must
-    not be able to aim there. Raises :class:`PidfileError` for a missing,
-    unreadable or malformed file and for a process that is gone (stale pid
-    file) or that we may not signal; ``ValueError`` for an unknown signal.
-    """
-    sig = _resolve_signal(signame)
+def _read_pidfile(pidfile: str | os.PathLike[str]) -> tuple[bytes, os.stat_result]:
+    """The pid file's first bytes and its stat, opened through a trusted folder without
+    following a symlink; refused unless owned by root or vaultsync's user and writable by
+    no one else (whoever can write it chooses which process we signal)."""
     shown = os.fspath(pidfile)
+    path = Path(shown)
     try:
-        with open(pidfile, "rb") as fh:
-            raw = fh.read(4096)
+        folder = safefs.open_folder(path.parent, owner=safefs.default_owner())
+    except FileNotFoundError:
+        raise PidfileError(f"pid file {shown} does not exist") from None
+    except safefs.UnsafePath as exc:
+        raise PidfileError(f"pid file {shown}: {exc}") from None
+    try:
+        fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
     except FileNotFoundError:
         raise PidfileError(f"pid file {shown} does not exist") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PidfileError(f"pid file {shown} is a symlink; refusing to follow it") from None
         raise PidfileError(f"cannot read pid file {shown}: {exc.strerror or exc}") from None
+    finally:
+        os.close(folder)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PidfileError(f"pid file {shown} is not a regular file")
+        if st.st_uid not in (0, os.geteuid()):
+            raise PidfileError(f"pid file {shown} belongs to uid {st.st_uid}, not to root or to vaultsync's user; "
+                               "refusing to signal the process it names")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise PidfileError(f"pid file {shown} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}); "
+                               "refusing to signal the process it names")
+        return os.read(fd, 4096), st
+    finally:
+        os.close(fd)
+
+
+def process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (unix time, to about a clock tick), from /proc; None when
+    the platform has no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rpartition(b")")[2].split()  # the name in (...) may hold spaces
+        with open("/proc/stat", "rb") as fh:
+            btime = next(int(line.split()[1]) for line in fh if line.startswith(b"btime "))
+    except FileNotFoundError:
+        return None
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    return btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, in ticks since boot
+
+
+#: A process writes its pid file after it starts; /proc's boot time is whole seconds.
+_START_SLACK = 2.0
+
+
+def signal_pidfile(pidfile: str | os.PathLike[str], signame: str | int | signal.Signals) -> int:
+    """Send ``signame`` (``"HUP"``, ``"SIGHUP"``, a number) to the pid in ``pidfile``.
+
+    Returns the pid signalled. The file must be owned by root or vaultsync's user and
+    writable by no one else, reached without following an untrusted symlink. Its first line
+    must be a decimal pid between 2 and the kernel's maximum: 0 and negative numbers would
+    signal whole process groups and 1 is init. The process must have started before the pid
+    file was last written (else the pid was reused by another process after the service
+    died); it is pinned with a pidfd while this is checked, so it cannot be swapped either.
+    Raises :class:`PidfileError` for all of these and for a process that is gone or that we
+    may not signal; ``ValueError`` for an unknown signal.
+    """
+    sig = _resolve_signal(signame)
+    shown = os.fspath(pidfile)
+    raw, st = _read_pidfile(pidfile)
     first = raw.split(b"\n", 1)[0].strip()
     if not first.isdigit() or not first.isascii():
         raise PidfileError(f"pid file {shown} does not start with a pid")
@@ -467,12 +519,29 @@ def signal_pidfile(pidfile: str | os.PathLike[str], signame: str | int | signal.
         raise PidfileError(f"pid file {shown} holds pid {pid}, which is not a valid target")
     if pid == os.getpid():
         raise PidfileError(f"pid file {shown} names this very process ({pid})")
+    pidfd = None
     try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        raise PidfileError(f"process {pid} from pid file {shown} is not running (stale pid file)") from None
-    except PermissionError:
-        raise PidfileError(f"not allowed to signal process {pid} from pid file {shown}") from None
+        if hasattr(os, "pidfd_open"):
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                raise PidfileError(f"process {pid} from pid file {shown} is not running (stale pid file)") from None
+        started = process_start_time(pid)
+        if started is not None and started > st.st_mtime + _START_SLACK:
+            raise PidfileError(f"process {pid} started after pid file {shown} was written: the pid was reused "
+                               "(stale pid file); not signalling it")
+        try:
+            if pidfd is not None:
+                signal.pidfd_send_signal(pidfd, sig)
+            else:
+                os.kill(pid, sig)
+        except ProcessLookupError:
+            raise PidfileError(f"process {pid} from pid file {shown} is not running (stale pid file)") from None
+        except PermissionError:
+            raise PidfileError(f"not allowed to signal process {pid} from pid file {shown}") from None
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
     return pid
 
 
