@@ -28,7 +28,8 @@ CANARIES: dict[str, object] = {
     "NESTED": {"user": f"{MARK}6-user-abcdef", "n": 7654321987, "list": [f"{MARK}6-item-ghijkl"]},
     "UNICODE": f"{MARK}7 grüße 🐍 {MARK}7-日本語",
     "DOLLARS": f"{MARK}8$${MARK}8${{{MARK}8}}",
-    "LONG": f"{MARK}9-" * 1500,  # longer than the hook output tail: the tail cuts into it
+    "LONG": f"{MARK}9-" * 1500,
+    "PLAIN": f"{MARK}A-plain.value/with:colons@{MARK}A",  # longer than the hook output tail: the tail cuts into it
 }
 NUMBERS = ("918273645501", "7654321987")
 
@@ -49,7 +50,8 @@ def _carried_by(style: str) -> dict[str, object]:
     kept = {}
     for key, value in CANARIES.items():
         try:
-            formats.render(style, {key: _as_rendered(value)}, template=f"${{{key}}}\n", destination="probe")
+            formats.render(style, {key: _as_rendered(value)}, template=f"${{{key}}}\n" if style == "template" else None,
+                           destination="probe")
         except formats.FormatError:
             continue
         kept[key] = value
