@@ -42,7 +42,7 @@ def test_twenty_services_each_read_only_their_own_secret(kv2, root, cli, vault_s
     empty.mkdir()
     res = cli("--config", str(cfg), "policies", "apply", str(empty))
     assert res.code == 0, res.output
-    assert "(mount will be enabled)" in res.stdout and "Applied 20 policies" in res.stdout
+    assert "(mount will be enabled)" in res.stdout and "Applied 21 policies" in res.stdout  # 20 services + the daemon
 
     clients = {}
     for n in names:
@@ -66,7 +66,7 @@ def test_twenty_services_each_read_only_their_own_secret(kv2, root, cli, vault_s
         with pytest.raises(hvac.exceptions.Forbidden):
             client.sys.list_acl_policies()
         token = client.auth.token.lookup_self()["data"]
-        assert token["num_uses"] == 0 and token["policies"] == ["default", f"vaultsync-svc-{n}"]
+        assert token["num_uses"] == 0 and token["policies"] == [f"vaultsync-svc-{n}"]  # no default policy
 
 
 def test_generated_policy_covers_declared_dynamic_secrets(kv2, root, cli, tmp_path):

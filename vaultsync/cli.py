@@ -227,7 +227,7 @@ def dev_down() -> None:
 def _kv_for_policies(client: Any, s: config.Settings) -> Any:
     from vaultsync.vault import KV, detect_kv_version
 
-    if not any(not svc.policies for svc in s.services.values()):
+    if not s.services:  # generated policies (services', the daemon's) name KV paths
         return None
     return KV(client, s.kv.mount, s.kv.version or detect_kv_version(client, s.kv.mount))
 

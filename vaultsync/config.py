@@ -76,6 +76,8 @@ class AuthSettings:
     secret_id_file: str | None = None
     secret_id_wrapped: bool = False
     remove_secret_id_file: bool = False
+    secret_id_ttl: float = 30 * 86400.0  # of the daemon's own AppRole (policies apply)
+    bound_cidrs: tuple[str, ...] = ()  # where the daemon's secret_id and tokens may be used from
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ class ServiceSettings:
     token_ttl: float = 3600.0
     token_max_ttl: float = 4 * 3600.0
     token_period: float | None = None
-    secret_id_ttl: float = 0.0
+    secret_id_ttl: float = 30 * 86400.0  # finite: a leaked secret_id stops working (0 = never expires)
     secret_id_num_uses: int = 0
     bound_cidrs: tuple[str, ...] = ()
     dynamic: Mapping[str, str] = field(default_factory=dict)  # name -> path, e.g. db -> database/creds/api
@@ -186,7 +188,7 @@ def _from_dict(raw: Mapping[str, Any], src: str, base_dir: Path) -> Settings:
         _source(item, src, f"migrate.sources[{i}]", base_dir) for i, item in enumerate(mig_raw.pop("sources", []))
     )
     migrate = replace(_section(MigrateSettings, mig_raw, src, "migrate"), sources=sources)
-    auth = _section(AuthSettings, raw.get("auth", {}), src, "auth")
+    auth = _section(AuthSettings, raw.get("auth", {}), src, "auth", durations={"secret_id_ttl"})
     # Files named in the config are relative to the config file, like destinations.
     auth = replace(auth, role_id_file=_rel(auth.role_id_file, base_dir), secret_id_file=_rel(auth.secret_id_file, base_dir))
     vault = replace(vault, token_file=_rel(vault.token_file, base_dir), cacert=_rel(vault.cacert, base_dir),

@@ -38,7 +38,7 @@ from vaultsync.errors import VaultError, VaultsyncError
 from vaultsync.logging import forget_secret, get_logger, register_secret
 from vaultsync.metrics import HealthServer, Metrics, read_status_token
 from vaultsync.safefs import resolve_owner
-from vaultsync.vault import KV, describe, detect_kv_version, make_client
+from vaultsync.vault import KV, describe, detect_kv_version, make_client, renew_lease, revoke_lease
 
 log = get_logger("vaultsync.daemon")
 
@@ -496,7 +496,7 @@ class Daemon:
         if lease is None:
             return
         try:
-            resp = self.client.sys.renew_lease(lease_id=lease.lease_id, increment=int(lease.ttl))
+            resp = renew_lease(self.client, lease.lease_id, int(lease.ttl))  # id in the path: scoped by policy
         except Exception as exc:  # noqa: BLE001
             self.metrics.renewals.labels("lease", "failure").inc()
             err = describe(exc, f"renew lease of {service}/{name}")
@@ -531,7 +531,7 @@ class Daemon:
 
     def _revoke(self, lease_id: str, service: str, name: str, data: dict[str, Any] | None = None) -> None:
         try:
-            self.client.sys.revoke_lease(lease_id=lease_id)
+            revoke_lease(self.client, lease_id)
             log.info("old lease revoked", service=service, secret=name)
         except Exception as exc:  # noqa: BLE001
             log.warning("lease revoke failed", service=service, secret=name, error=str(describe(exc, "revoke lease")))

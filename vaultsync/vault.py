@@ -198,3 +198,20 @@ def _remember_values(data: Any) -> None:
     if isinstance(data, dict):
         for value in data.values():
             remember_secret(value)
+
+
+def _lease_url(action: str, lease_id: str) -> str:
+    return f"/v1/sys/leases/{action}/{quote(lease_id.strip('/'), safe='/')}"
+
+
+def renew_lease(client: hvac.Client, lease_id: str, increment: int | None = None) -> dict[str, Any]:
+    """Renew a lease with its id in the URL (``sys/leases/renew/<lease id>``), not in the body:
+    ACLs match the request path, so the daemon's policy can allow renewals of the leases that
+    come from the paths it reads (``sys/leases/renew/database/creds/api/*``) and no others."""
+    resp = client.adapter.put(_lease_url("renew", lease_id), json={"increment": increment} if increment else {})
+    return resp if isinstance(resp, dict) else {}
+
+
+def revoke_lease(client: hvac.Client, lease_id: str) -> None:
+    """Revoke a lease, its id in the URL (see :func:`renew_lease`)."""
+    client.adapter.put(_lease_url("revoke", lease_id), json={})
