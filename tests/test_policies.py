@@ -11,7 +11,7 @@ import hvac.exceptions
 import pytest
 
 from tests.conftest import run_cli
-from vaultsync import auth, config
+from vaultsync import auth, config, policies
 from vaultsync.config import AuthSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,7 +107,7 @@ def test_reapply_is_a_noop_and_an_edited_file_is_updated(root, cli, tmp_path):
     (folder / f"{name}.hcl").write_text(edited)
     res = cli("policies", "apply", str(folder))
     assert res.code == 0 and f"~ {name}" in res.stdout
-    assert root.sys.read_acl_policy(name)["data"]["policy"] == edited
+    assert root.sys.read_acl_policy(name)["data"]["policy"] == policies.MARKER + edited
 
 
 def test_invalid_policy_names_the_file_and_applies_nothing(root, cli, tmp_path):
@@ -124,20 +124,23 @@ def test_invalid_policy_names_the_file_and_applies_nothing(root, cli, tmp_path):
     assert not [p for p in existing if p.startswith("vaultsync-validate-")]
 
 
-def test_prune_removes_only_what_it_should(fresh_vault, tmp_path):
+def test_prune_removes_only_what_vaultsync_made(fresh_vault, tmp_path):
     env = {"VAULT_ADDR": fresh_vault.addr, "VAULT_TOKEN": fresh_vault.token, "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     root = fresh_vault.client(fresh_vault.token)
     folder = tmp_path / "policies"
     folder.mkdir()
-    for n in ("alpha", "beta"):
+    for n in ("alpha", "beta", "gone"):
         (folder / f"{n}.hcl").write_text(f'path "secret/data/{n}" {{ capabilities = ["read"] }}\n')
-    root.sys.create_or_update_acl_policy("stray", 'path "secret/data/stray" { capabilities = ["read"] }')
+    root.sys.create_or_update_acl_policy("stray", 'path "secret/data/stray" { capabilities = ["read"] }')  # another team's
     assert run_cli("policies", "apply", str(folder), env=env).code == 0
-    assert "stray" in root.sys.list_acl_policies()["data"]["keys"]  # kept without --prune
+    (folder / "gone.hcl").unlink()  # vaultsync applied it; its file was removed since
+    assert {"stray", "gone"} <= set(root.sys.list_acl_policies()["data"]["keys"])  # kept without --prune
     dry = run_cli("policies", "apply", str(folder), "--prune", "--dry-run", env=env)
-    assert dry.code == 0 and "- stray" in dry.stdout
-    assert "stray" in root.sys.list_acl_policies()["data"]["keys"]
+    assert dry.code == 0 and "- gone" in dry.stdout and "? stray" in dry.stdout and "--prune-all removes" in dry.stdout
     res = run_cli("policies", "apply", str(folder), "--prune", env=env)
+    assert res.code == 0, res.output
+    assert sorted(root.sys.list_acl_policies()["data"]["keys"]) == ["alpha", "beta", "default", "root", "stray"]
+    res = run_cli("policies", "apply", str(folder), "--prune-all", env=env)
     assert res.code == 0, res.output
     assert sorted(root.sys.list_acl_policies()["data"]["keys"]) == ["alpha", "beta", "default", "root"]
 

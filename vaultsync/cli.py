@@ -249,12 +249,14 @@ def policies() -> None:
 @policies.command("apply", context_settings=CONTEXT)
 @click.argument("folder", required=False, type=click.Path(file_okay=False))
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
-@click.option("--prune", is_flag=True, help="Remove policies that are only in Vault (never root or default).")
+@click.option("--prune", is_flag=True, help="Remove policies vaultsync made that nothing declares any more.")
+@click.option("--prune-all", is_flag=True, help="Remove every policy that is only in Vault, other teams' too (never root or default).")
 @click.option("--kv-version", type=click.IntRange(1, 2), help="KV version for generated policies, if the token may not read the mount.")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.pass_obj
 @handle_errors
-def policies_apply(state: State, folder: str | None, dry_run: bool, prune: bool, kv_version: int | None, output: str) -> None:
+def policies_apply(state: State, folder: str | None, dry_run: bool, prune: bool, prune_all: bool, kv_version: int | None,
+                   output: str) -> None:
     """Apply FOLDER/*.hcl [default: ./policies] and the AppRoles of vaultsync.toml's services."""
     from vaultsync import policies as pol
 
@@ -262,7 +264,7 @@ def policies_apply(state: State, folder: str | None, dry_run: bool, prune: bool,
     if folder is None and os.path.isdir("policies"):
         folder = "policies"
     client = _admin_client(s)
-    the_plan = pol.plan(client, s, folder, _kv_for_policies(client, s), prune=prune)
+    the_plan = pol.plan(client, s, folder, _kv_for_policies(client, s), prune=prune, prune_all=prune_all)
     if output == "text":
         click.echo(pol.plan_as_text(the_plan))
     if dry_run or the_plan.empty:
