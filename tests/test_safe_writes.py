@@ -121,13 +121,10 @@ def test_owner_and_group_come_from_the_config(tmp_path, other_user):
     assert _write(folder / "second.env", owner=str(other_user.uid)).result == "success"
 
 
-def test_unknown_owner_is_a_config_error(tmp_path):
-    from vaultsync import config
-
-    cfg = tmp_path / "vaultsync.toml"
-    cfg.write_text('[services.api]\n[[services.api.destinations]]\npath = "a.env"\nowner = "no-such-user-xyz"\n')
-    with pytest.raises(config.ConfigError, match=r"services\.api\.destinations\[0\]: unknown user 'no-such-user-xyz'"):
-        config.load(cfg, env={})
+def test_unknown_owner_fails_that_destination_with_its_name(tmp_path):
+    outcome = _write(tmp_path / "a.env", owner="no-such-user-xyz")
+    assert outcome.result == "failure" and "unknown user 'no-such-user-xyz'" in outcome.error
+    assert not (tmp_path / "a.env").exists()
 
 
 def test_a_parent_that_is_a_regular_file_fails_that_destination_only(tmp_path):
@@ -208,3 +205,23 @@ def test_a_good_pidfile_still_works(tmp_path, sleeper):
     path = _pidfile(tmp_path, sleeper.pid)
     assert render.signal_pidfile(path, "TERM") == sleeper.pid
     assert sleeper.wait(timeout=5) == -15
+
+
+def test_daemon_starts_and_serves_the_others_when_a_destination_parent_is_a_file(kv2, root, vault_server, tmp_path):
+    from tests.daemon_harness import DaemonProc, daemon_env, wait_for
+
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"A": "1"}, mount_point=kv2)
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    cfg = tmp_path / "vaultsync.toml"
+    cfg.write_text(f'[kv]\nmount = "{kv2}"\nprefix = "compose"\n[daemon]\npoll_interval = "1s"\n'
+                   '[services.api]\n[[services.api.destinations]]\npath = "blocker/api.env"\n'
+                   '[[services.api.destinations]]\npath = "ok/api.env"\n')
+    token = root.auth.token.create(policies=["root"], ttl="10m")["auth"]["client_token"]
+    d = DaemonProc(cfg, daemon_env(vault_server, token, tmp_path), tmp_path).start(wait_ready=False)
+    try:
+        wait_for(lambda: (tmp_path / "ok" / "api.env").exists(), 20, "the good destination rendered")
+        status = d.status()["services"]["api"]["destinations"]
+        assert status[str(tmp_path / "blocker" / "api.env")]["result"] == "failure"
+        assert "not a folder" in status[str(tmp_path / "blocker" / "api.env")]["error"]
+    finally:
+        assert d.stop() == 0

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from vaultsync.errors import ConfigError, VaultsyncError
+from vaultsync.errors import ConfigError
 from vaultsync.formats import STYLES
 from vaultsync.leases import parse_duration
-from vaultsync.safefs import resolve_owner
 
 DEFAULT_CONFIG = "vaultsync.toml"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -268,10 +267,8 @@ def _destination(item: Mapping[str, Any], src: str, where: str, base_dir: Path) 
     if not 0 <= dest.mode <= 0o777:
         raise ConfigError(f"{src}: {where}.mode must be a permission like \"0600\" (as a string)")
     _positive(dest.command_timeout, src, f"{where}.command_timeout")
-    try:
-        resolve_owner(dest.owner, dest.group)
-    except VaultsyncError as exc:
-        raise ConfigError(f"{src}: {where}: {exc}") from None
+    # owner/group names are resolved when writing (a config is also loaded where the user does
+    # not exist, e.g. by `policies apply` on an admin's machine): an unknown one fails that destination.
     if dest.wait_min < 0 or dest.wait_max < dest.wait_min:
         raise ConfigError(f"{src}: {where}.wait needs 0 <= min <= max")
     sig = dest.signal.upper()
