@@ -162,3 +162,32 @@ def test_vaultsync_render_runs_with_only_the_generated_policy(layout, root, vaul
     res = cli("--config", str(cfg), "render", env={"VAULT_TOKEN": token})
     assert res.code == 0, res.output
     assert "DB_PASSWORD=" in (tmp_path / "out" / "api.env").read_text()
+
+
+def test_a_service_token_can_renew_its_own_leases_but_not_look_up_or_renew_others(layout, root, cli, vault_server, tmp_path):
+    """Service tokens no longer carry `default` (whose sys/leases/renew|lookup accept any lease id)."""
+    settings, db, kv2 = layout
+    approle = "ar-" + uuid.uuid4().hex[:8]
+    cfg = tmp_path / "vaultsync.toml"
+    cfg.write_text(cfg.read_text() + f'[auth]\nmount = "{approle}"\n')
+    empty = tmp_path / "none"
+    empty.mkdir()
+    assert cli("--config", str(cfg), "policies", "apply", str(empty)).code == 0
+    creds = auth.issue_credentials(root, mount=approle, role="web")  # web declares no dynamic secret
+    web = vault_server.client()
+    web.auth.approle.login(role_id=creds.role_id, secret_id=creds.secret_id, mount_point=approle, use_token=True)
+    creds = auth.issue_credentials(root, mount=approle, role="api")
+    api = vault_server.client()
+    api.auth.approle.login(role_id=creds.role_id, secret_id=creds.secret_id, mount_point=approle, use_token=True)
+    lease = api.adapter.get(f"/v1/{db}/creds/api")["lease_id"]
+    vault.renew_lease(api, lease, 60)  # its own: fine
+    assert web.auth.token.lookup_self()["data"]["policies"] == ["vaultsync-svc-web"]
+    for what, fn in {
+        "lookup another service's lease": lambda: web.adapter.put("/v1/sys/leases/lookup", json={"lease_id": lease}),
+        "renew it (body form)": lambda: web.sys.renew_lease(lease_id=lease),
+        "renew it (path form)": lambda: vault.renew_lease(web, lease, 60),
+        "revoke it": lambda: vault.revoke_lease(web, lease),
+    }.items():
+        with pytest.raises(hvac.exceptions.Forbidden):
+            fn()
+            pytest.fail(f"a service token may {what}")
