@@ -59,8 +59,8 @@ def _carried_by(style: str) -> dict[str, object]:
 
 
 def test_token_shape_after_a_word_character_is_scrubbed():
-    text = vlog.scrub("GET /callback?token%3Dhvs.CAESIabcdefghijklmnopqrstuvwxyz012 and xs.abcdefghijklmnopqrstuvwxyz")
-    assert "CAESI" not in text and "abcdefghijklmnop" not in text
+    text = vlog.scrub("GET /callback?token%3Dhvs.CAESIabcdefghijklmnopqrstuvwxyz012 and xs.abcdefghijklmnopqrstuvw9Z")
+    assert "CAESI" not in text and "abcdefghijklmnop" not in text, text
 
 
 def test_non_string_values_are_scrubbed_in_their_json_and_str_forms():
@@ -149,3 +149,10 @@ def test_logs_at_every_level_never_show_hook_output_above_debug():
     vlog.configure("json", "info", stream=out)
     vlog.get_logger("t").debug("hook output", stdout="zzz")
     assert out.getvalue() == ""
+
+
+def test_token_shape_spares_lower_case_file_and_host_names():
+    for name in ("apps.production-environment.env", "vaults.example-company-internal"):
+        assert vlog.scrub(name) == name
+    for token in ("s.Xk2mP9qLw8Zr4Tn6Yb3Vc7Hd", "hvb.AAAAAQJ-abcdefghijklmnopqrstuv", "r.abcdefghijklmnopqrstuvw1"):
+        assert vlog.scrub(f"?token%3D{token}&y=1") == f"?token%3D{vlog.REDACTED}&y=1"

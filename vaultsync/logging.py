@@ -38,7 +38,12 @@ _SECRET_FIELD = re.compile(
 # Vault: hvs./hvb./hvr. (+ legacy s./b./r.); OpenBao: s./b./r. Never validated, only hidden.
 # No \b before it: "%3Dhvs.…" or "xs.…" has no word boundary, and a missed token costs more than
 # an over-redacted word.
-_TOKEN_SHAPE = re.compile(r"(?:hv[sbr]|[sbr])\.[A-Za-z0-9_\-]{20,}(?:\.[A-Za-z0-9_\-]+)?")
+# Glued to a word character, it must also look random (a capital or a digit): all-lower-case
+# dashed names such as "apps.production-environment" are file and host names, not tokens.
+_TOKEN_SHAPE = re.compile(
+    r"(?:(?<![A-Za-z0-9_])(?:hv[sbr]|[sbr])\.|(?:hv[sbr]|[sbr])\.(?=[a-z_\-]*[A-Z0-9]))"
+    r"[A-Za-z0-9_\-]{20,}(?:\.[A-Za-z0-9_\-]+)?"
+)
 _MIN_LEN = 4  # a 1-3 char "secret" would shred every log line
 _MIN_LINE_LEN = 8  # lines of a multi-line secret (PEM) are scrubbed one by one too
 
@@ -86,6 +91,7 @@ def _escaped_forms(text: str) -> set[str]:
         backslashed.replace('"', '\\"').replace("$", "\\$").replace("`", "\\`").replace("\n", "\\n"),  # shell/systemd double
         text.replace("'", "'\\''"),  # shell single quotes
         text.replace("$", "$$"),  # compose's escape for a literal $
+        backslashed.replace('"', '\\"').replace("\n", "\\n").replace("$", "$$"),  # double quotes, $$ for $ (systemd)
     }
     for form in list(forms):
         if "\n" in form or "\r" in form:
