@@ -191,3 +191,30 @@ def test_a_service_token_can_renew_its_own_leases_but_not_look_up_or_renew_other
         with pytest.raises(hvac.exceptions.Forbidden):
             fn()
             pytest.fail(f"a service token may {what}")
+
+
+def test_the_daemon_runs_renews_rotates_and_revokes_with_only_the_generated_policy(kv2, root, vault_server, postgres_server,
+                                                                                  tmp_path):
+    from tests.daemon_harness import DaemonProc, daemon_env, wait_for
+
+    db = database_engine(root, postgres_server, default_ttl="4s", max_ttl="30s")
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"A": "1"}, mount_point=kv2)
+    cfg = tmp_path / "vaultsync.toml"
+    cfg.write_text(f'[kv]\nmount = "{kv2}"\nprefix = "compose"\n[daemon]\npoll_interval = "1s"\nlease_revoke_grace = "1s"\n'
+                   'revoke_on_exit = true\n'
+                   f'[services.api]\ndynamic = {{ db = "{db}/creds/api" }}\n'
+                   '[[services.api.destinations]]\npath = "out/api.env"\n'
+                   '[[services.api.rotate]]\nkey = "SESSION_KEY"\nevery = "1h"\n')
+    settings = config.load(cfg, env={})
+    name = "dp-" + uuid.uuid4().hex[:8]
+    root.sys.create_or_update_acl_policy(name, policies.daemon_policy(settings, vault.KV(root, kv2, 2)))
+    token = root.auth.token.create(policies=[name], no_default_policy=True, ttl="10m", renewable=True)["auth"]["client_token"]
+    d = DaemonProc(cfg, daemon_env(vault_server, token, tmp_path), tmp_path).start()
+    try:
+        wait_for(lambda: d.count("lease renewed") >= 2, 30, "two lease renewals under the generated policy")
+        wait_for(lambda: "SESSION_KEY=" in (tmp_path / "out" / "api.env").read_text(), 15, "the rotated key rendered")
+        assert d.metric("vaultsync_renewals_total", kind="lease", result="failure") == 0
+        assert d.metric("vaultsync_rotations_total", service="api", result="failure") == 0
+    finally:
+        assert d.stop() == 0
+    assert d.count("lease revoke failed") == 0 and d.count("token revoked") == 1, d.tail()
