@@ -44,7 +44,7 @@ def _closed_by_server(sock: socket.socket) -> bool:
         return True
 
 
-def test_half_sent_requests_are_cut_off_and_bounded():
+def test_half_sent_requests_are_cut_off_and_bounded(capfd):
     server = _server(timeout=1.0, max_workers=4)
     port = int(server.address.rsplit(":", 1)[1])
     before = threading.active_count()
@@ -66,6 +66,7 @@ def test_half_sent_requests_are_cut_off_and_bounded():
         for s in socks:
             s.close()
         server.stop()
+    assert "Traceback" not in capfd.readouterr().err  # cut-off clients are not news on stderr
 
 
 def test_a_trickling_client_is_cut_off_at_the_connection_deadline():

@@ -127,6 +127,10 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
         finally:
             self._slots.release()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away or was cut off is not news (socketserver would print a
+        traceback to stderr, outside the JSON log)."""
+
 
 def _is_loopback(host: str) -> bool:
     try:
@@ -169,11 +173,13 @@ class HealthServer:
                 self.timeout = timeout  # each read and write (StreamRequestHandler applies it)
                 super().setup()
                 # ... and the whole connection: a client trickling bytes is cut off too.
+                self._expired = threading.Event()
                 self._deadline = threading.Timer(timeout, self._expire)
                 self._deadline.daemon = True
                 self._deadline.start()
 
             def _expire(self) -> None:
+                self._expired.set()  # what was read so far is not a request to answer
                 try:
                     self.connection.shutdown(socket.SHUT_RDWR)
                 except OSError:
@@ -187,6 +193,9 @@ class HealthServer:
                     pass
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self._expired.is_set():
+                    self.close_connection = True
+                    return
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     outer._send(self, 200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
