@@ -218,3 +218,21 @@ def test_the_daemon_runs_renews_rotates_and_revokes_with_only_the_generated_poli
     finally:
         assert d.stop() == 0
     assert d.count("lease revoke failed") == 0 and d.count("token revoked") == 1, d.tail()
+
+
+def test_a_service_with_its_own_policies_gets_the_token_self_bits_and_no_default(kv2, root, cli, vault_server, tmp_path):
+    approle = "ar-" + uuid.uuid4().hex[:8]
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "team-read.hcl").write_text(f'path "{kv2}/data/compose/team" {{\n  capabilities = ["read"]\n}}\n')
+    cfg = tmp_path / "vaultsync.toml"
+    cfg.write_text(f'[kv]\nmount = "{kv2}"\n[auth]\nmount = "{approle}"\n[services.team]\npolicies = ["team-read"]\n')
+    res = cli("--config", str(cfg), "policies", "apply", str(folder))
+    assert res.code == 0, res.output
+    role = root.adapter.get(f"/v1/auth/{approle}/role/team")["data"]
+    assert sorted(role["token_policies"]) == ["team-read", "vaultsync-token-self"] and role["token_no_default_policy"]
+    creds = auth.issue_credentials(root, mount=approle, role="team")
+    client = vault_server.client()
+    client.auth.approle.login(role_id=creds.role_id, secret_id=creds.secret_id, mount_point=approle, use_token=True)
+    assert auth.lookup_self(client).policies == ("team-read", "vaultsync-token-self")
+    auth.renew_self(client, 60)
