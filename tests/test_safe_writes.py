@@ -225,3 +225,43 @@ def test_daemon_starts_and_serves_the_others_when_a_destination_parent_is_a_file
         assert "not a folder" in status[str(tmp_path / "blocker" / "api.env")]["error"]
     finally:
         assert d.stop() == 0
+
+
+# --- the daemon's own credentials: whoever could swap them picks the role it logs in as ---------------
+
+
+@pytest.mark.parametrize("attack", ["owned by them", "writable by others", "symlink", "folder of theirs"])
+def test_credentials_files_another_user_controls_are_refused(tmp_path, other_user, attack):
+    from vaultsync import auth
+    from vaultsync.config import AuthSettings
+    from vaultsync.errors import ConfigError
+
+    folder = tmp_path / "auth"
+    folder.mkdir(mode=0o700)
+    role_id = folder / "role_id"
+    role_id.write_text("their-role-id\n")
+    role_id.chmod(0o600)
+    if attack == "owned by them":
+        os.chown(role_id, other_user.uid, other_user.gid)
+    elif attack == "writable by others":
+        role_id.chmod(0o666)
+    elif attack == "symlink":
+        real = tmp_path / "real_role_id"
+        role_id.rename(real)
+        role_id.symlink_to(real)
+        os.lchown(role_id, other_user.uid, other_user.gid)
+    else:
+        os.chown(folder, other_user.uid, other_user.gid)
+    settings = AuthSettings(method="approle", role_id_file=str(role_id), secret_id_file=str(folder / "secret_id"))
+    with pytest.raises(ConfigError, match="auth.role_id_file"):
+        auth.login(None, None, settings)  # refused before any request
+
+
+def test_credentials_through_a_root_owned_symlink_are_read(tmp_path):
+    from vaultsync import safefs
+
+    real = tmp_path / "creds" / "role_id"
+    real.parent.mkdir()
+    real.write_text("rid\n")
+    (tmp_path / "role_id").symlink_to(real)  # like a secrets mount's ..data links
+    assert safefs.read_trusted_file(tmp_path / "role_id") == b"rid\n"

@@ -21,6 +21,7 @@ from vaultsync.config import AuthSettings, VaultSettings, resolve_token
 from vaultsync.errors import ConfigError, VaultError
 from vaultsync.logging import register_secret
 from vaultsync.render import atomic_write
+from vaultsync.safefs import UnsafePath, read_trusted_file
 from vaultsync.vault import describe
 
 
@@ -106,9 +107,13 @@ def _read_file(path: str | None, what: str) -> str:
     if not path:
         raise ConfigError(f"auth.method is 'approle' but auth.{what} is not set")
     try:
-        value = Path(path).read_text(encoding="utf-8").strip()
+        value = read_trusted_file(path).decode("utf-8").strip()
+    except UnsafePath as exc:
+        raise ConfigError(f"auth.{what}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: {what} is not UTF-8 text") from None
     if not value:
         raise ConfigError(f"{path}: {what} is empty")
     register_secret(value)

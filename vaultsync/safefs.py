@@ -22,7 +22,7 @@ from collections import deque
 
 from vaultsync.errors import VaultsyncError
 
-__all__ = ["UnsafePath", "open_folder", "default_owner", "resolve_owner"]
+__all__ = ["UnsafePath", "open_folder", "default_owner", "resolve_owner", "read_trusted_file"]
 
 _MAX_SYMLINKS = 40  # as the kernel's own limit
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -141,3 +141,33 @@ def _trusted_link(parent: int, name: str, shown: str, trusted: set[int]) -> str:
     if st.st_uid not in trusted:
         raise UnsafePath(f"{shown} is a symlink owned by uid {st.st_uid}; refusing to follow it to write secrets")
     return os.readlink(name, dir_fd=parent)
+
+
+def read_trusted_file(path: str | os.PathLike[str], *, limit: int = 1 << 16, _links: int = 0) -> bytes:
+    """Read a small file that decides who vaultsync is (role_id, secret_id): through trusted
+    folders, a symlink only if root or vaultsync's user owns it, the file owned by root or
+    vaultsync's user and writable by no one else; whoever could replace it could make the
+    daemon log in as a role of their choosing."""
+    shown = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(shown))
+    folder = open_folder(parent, owner=default_owner())
+    try:
+        fd = os.open(os.path.basename(shown), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP or _links >= _MAX_SYMLINKS:
+            raise
+        target = _trusted_link(folder, os.path.basename(shown), shown, {0, os.geteuid()})
+        return read_trusted_file(os.path.join(parent, target), limit=limit, _links=_links + 1)
+    finally:
+        os.close(folder)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePath(f"{shown} is not a regular file")
+        if st.st_uid not in (0, os.geteuid()):
+            raise UnsafePath(f"{shown} belongs to uid {st.st_uid}, not to root or to vaultsync's user")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise UnsafePath(f"{shown} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})")
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)

@@ -207,11 +207,21 @@ def _lease_url(action: str, lease_id: str) -> str:
 def renew_lease(client: hvac.Client, lease_id: str, increment: int | None = None) -> dict[str, Any]:
     """Renew a lease with its id in the URL (``sys/leases/renew/<lease id>``), not in the body:
     ACLs match the request path, so the daemon's policy can allow renewals of the leases that
-    come from the paths it reads (``sys/leases/renew/database/creds/api/*``) and no others."""
-    resp = client.adapter.put(_lease_url("renew", lease_id), json={"increment": increment} if increment else {})
+    come from the paths it reads (``sys/leases/renew/database/creds/api/*``) and no others.
+    A policy written for the body form (``sys/leases/renew``, as in ``default``) still works:
+    on *permission denied* the body form is tried once."""
+    body = {"increment": increment} if increment else {}
+    try:
+        resp = client.adapter.put(_lease_url("renew", lease_id), json=body)
+    except hvac.exceptions.Forbidden:
+        resp = client.adapter.put("/v1/sys/leases/renew", json={"lease_id": lease_id, **body})
     return resp if isinstance(resp, dict) else {}
 
 
 def revoke_lease(client: hvac.Client, lease_id: str) -> None:
     """Revoke a lease, its id in the URL (see :func:`renew_lease`)."""
-    client.adapter.put(_lease_url("revoke", lease_id), json={})
+    try:
+        client.adapter.put(_lease_url("revoke", lease_id), json={})
+    except hvac.exceptions.Forbidden:
+        client.adapter.put("/v1/sys/leases/revoke", json={"lease_id": lease_id})
+
