@@ -10,7 +10,7 @@ SERVER_VERSION := vault-v1.14.1
 SERVER := $(CACHE)/$(SERVER_VERSION)/vault
 PYTEST_ARGS ?=
 
-.PHONY: install server system-deps demo test bench clean
+.PHONY: install server system-deps envcheck demo test bench clean
 
 install: $(VENV)/.installed server
 
@@ -32,10 +32,23 @@ server:
 		cd tools/vault && go build -trimpath -ldflags '-s -w' -o "$(SERVER).tmp" . && mv "$(SERVER).tmp" "$(SERVER)"; \
 	fi
 
-# PostgreSQL (dynamic database credentials) and Prometheus/promtool (alert rules) from Debian.
+# tools/envcheck: compose-go's and the docker CLI's env-file parsers, the readers the
+# round-trip tests check rendered files against. Built once per machine per source version.
+ENVCHECK_HASH = $(shell cat tools/envcheck/go.mod tools/envcheck/go.sum tools/envcheck/main.go | sha256sum | cut -c1-12)
+ENVCHECK := $(CACHE)/envcheck-$(ENVCHECK_HASH)/envcheck
+
+envcheck: $(ENVCHECK)
+
+$(ENVCHECK): tools/envcheck/go.mod tools/envcheck/go.sum tools/envcheck/main.go
+	@echo "envcheck: building $@ (once per machine)"
+	@mkdir -p "$(dir $@)"
+	cd tools/envcheck && go build -trimpath -o "$@.tmp" . && mv "$@.tmp" "$@"
+
+# PostgreSQL (dynamic database credentials), Prometheus/promtool (alert rules) and Alertmanager/amtool from Debian.
 system-deps:
 	@missing=""; \
 	[ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
+	[ -x /usr/bin/prometheus-alertmanager ] || missing="$$missing prometheus-alertmanager"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		echo "system-deps: installing$$missing"; \
@@ -45,7 +58,7 @@ system-deps:
 demo: install
 	@bash scripts/demo.sh
 
-test: install system-deps
+test: install system-deps envcheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install system-deps

@@ -1,10 +1,13 @@
 """Real servers for the tests: one Vault/OpenBao per session, a fresh KV mount per test.
 
 Where the server comes from, in order:
-1. ``VAULTSYNC_TEST_VAULT_ADDR`` + ``VAULTSYNC_TEST_VAULT_TOKEN``: an existing server (root-capable token);
-2. the local binary (``bao``/``vault`` on PATH, or the one ``make install`` builds), started in dev mode
-   on a free loopback port;
-3. testcontainers' Vault container, when a Docker engine answers.
+1. ``VAULTSYNC_TEST_VAULT_ADDR`` + ``VAULTSYNC_TEST_VAULT_TOKEN`` (+ ``VAULTSYNC_TEST_VAULT_CACERT``):
+   an existing server (root-capable token);
+2. the local binary (``bao``/``vault`` on PATH, or the one ``make install`` builds), started in
+   **server mode** like production (tests/vault_cluster.py): raft storage in a temp folder, a TLS
+   listener whose certificate a CA made for this session signed, init + unseal, a file audit device,
+   and a second listener that requires a client certificate (``Server.mtls_addr``);
+3. testcontainers' Vault container (dev mode, plain HTTP), when a Docker engine answers.
 No server: every test that needs one fails with a message saying how to get one.
 """
 
@@ -21,7 +24,9 @@ from pathlib import Path
 import hvac
 import pytest
 
+from tests import vault_cluster
 from vaultsync import devserver
+from vaultsync.config import VaultSettings
 from vaultsync.errors import VaultsyncError
 
 pytest_plugins = ["tests.fixtures_servers"]
@@ -36,10 +41,21 @@ class Server:
     origin: str
     pid: int | None = None  # set when this session started the server process
     cacert: str | None = None  # the CA file a client must trust, when the server speaks TLS
+    node: vault_cluster.Node | None = None  # server-mode process: seal/unseal/stop/pause/restart, audit log
+    ca: vault_cluster.CA | None = None  # the session's CA (issue client certificates with ca.issue)
+
+    @property
+    def mtls_addr(self) -> str | None:
+        """Same server, on a listener that requires a client certificate signed by ``ca``."""
+        return self.node.mtls_addr if self.node else None
 
     def client(self, token: str | None = None) -> hvac.Client:
         """A client of this server; with no token it has none (never ``~/.vault-token``)."""
         return hvac.Client(url=self.addr, token=token or "", verify=self.cacert or True)
+
+    def settings(self, **more: object) -> VaultSettings:
+        """``VaultSettings`` for in-process vaultsync code talking to this server."""
+        return VaultSettings(addr=self.addr, cacert=self.cacert, **more)  # type: ignore[arg-type]
 
     def env(self, home: Path | str, token: str | None = None) -> dict[str, str]:
         """Environment for a vaultsync process talking to this server: no inherited VAULT_*/BAO_*."""
@@ -66,7 +82,7 @@ def _docker_answers() -> bool:
 def vault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     addr, token = os.environ.get("VAULTSYNC_TEST_VAULT_ADDR"), os.environ.get("VAULTSYNC_TEST_VAULT_TOKEN")
     if addr and token:
-        yield Server(addr, token, "VAULTSYNC_TEST_VAULT_ADDR")
+        yield Server(addr, token, "VAULTSYNC_TEST_VAULT_ADDR", cacert=os.environ.get("VAULTSYNC_TEST_VAULT_CACERT"))
         return
     binary_error = ""
     try:
@@ -74,11 +90,7 @@ def vault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     except VaultsyncError as exc:
         binary, binary_error = None, str(exc)
     if binary:
-        server = devserver.start(state_dir=tmp_path_factory.mktemp("vault"), binary=binary)
-        try:
-            yield Server(server.addr, server.token, binary, server.pid)
-        finally:
-            server.stop()
+        yield from _server_mode(binary, tmp_path_factory.mktemp("vault"), session_ca(tmp_path_factory))
         return
     if _docker_answers():
         from testcontainers.community.vault import VaultContainer
@@ -92,6 +104,24 @@ def vault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         f"or run `make install` to build the local server ({binary_error}), or start a Docker engine",
         pytrace=False,
     )
+
+
+_SESSION_CA: list[vault_cluster.CA] = []
+
+
+def session_ca(tmp_path_factory: pytest.TempPathFactory) -> vault_cluster.CA:
+    """One private CA per test session (made here, never committed): every test server's certificate."""
+    if not _SESSION_CA:
+        _SESSION_CA.append(vault_cluster.make_ca(tmp_path_factory.mktemp("ca")))
+    return _SESSION_CA[0]
+
+
+def _server_mode(binary: str, folder: Path, ca: vault_cluster.CA) -> Iterator[Server]:
+    node = vault_cluster.start_single(binary, folder, ca)
+    try:
+        yield Server(node.addr, node.keys.root_token, binary, node.pid, cacert=ca.cert_file, node=node, ca=ca)
+    finally:
+        node.stop()
 
 
 @pytest.fixture(scope="session")
@@ -162,12 +192,9 @@ def cli(vault_env: dict[str, str]):
 
 @pytest.fixture
 def fresh_vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server of this test's own, for tests that change server-wide state (e.g. pruning policies)."""
-    server = devserver.start(state_dir=tmp_path_factory.mktemp("vault-own"))
-    try:
-        yield Server(server.addr, server.token, "own", server.pid)
-    finally:
-        server.stop()
+    """A server of this test's own (server mode, TLS, same CA), for tests that change server-wide
+    state (e.g. pruning policies) or stop, seal and restart it."""
+    yield from _server_mode(devserver.find_server_binary(), tmp_path_factory.mktemp("vault-own"), session_ca(tmp_path_factory))
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ CORPUS: dict[str, bytes] = {
     "pem": ("TLS_KEY=\"" + PEM + "\"\nAFTER=1\n").encode(),
     "pem_single": ("TLS_KEY='" + PEM + "'\n").encode(),
     "crlf": b"A=1\r\nB=\"two words\"\r\n# comment\r\nC=3\r\n",
+    # A PEM key saved on Windows: python-dotenv reads files in text mode, so the value has LF.
+    "crlf_multiline": ("TLS_KEY=\"" + PEM.replace("\n", "\r\n") + "\"\r\nSINGLE='a\r\nb'\r\nAFTER=1\r\n").encode(),
+    "cr_only": ("A=1\rTLS_KEY=\"" + PEM.replace("\n", "\r") + "\"\rB='x\ry'\r").encode(),
     "bom": "\ufeffFIRST=with-bom\nSECOND=ok\n".encode("utf-8"),
     "comments": (
         b"# a comment line\n"

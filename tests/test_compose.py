@@ -38,7 +38,7 @@ ENV_FRAGMENT = COMPOSE_DIR.parent / ".env.example"  # the one example .env: app 
 TOOL_DIR = ROOT / "tools" / "composecheck"
 
 SERVICES = {
-    "openbao", "openbao-init", "vaultsync", "kafka", "otel-collector", "prometheus", "loki", "jaeger", "grafana",
+    "openbao", "openbao-init", "vaultsync", "kafka", "otel-collector", "prometheus", "alertmanager", "loki", "jaeger", "grafana",
 }
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|KEY", re.IGNORECASE)
 MUST_BE_REQUIRED = re.compile(r"PASSWORD|SECRET|TOKEN", re.IGNORECASE)

@@ -75,3 +75,30 @@ def test_service_tables_may_not_rename_themselves_or_write_one_file_twice(tmp_pa
         load(tmp_path, '[services.api]\nname = "Not Valid!"\n')
     with pytest.raises(ConfigError, match="two destinations write the same file"):
         load(tmp_path, '[services.api]\n[[services.api.destinations]]\npath = "a.env"\n[[services.api.destinations]]\npath = "a.env"\nstyle = "shell"\n')
+
+
+def test_tls_settings_env_over_file_with_bao_aliases_and_relative_paths(tmp_path):
+    text = ('[vault]\ncacert = "ca.pem"\nclient_cert = "c.pem"\nclient_key = "k.pem"\ntls_server_name = "file.test"\n')
+    s = load(tmp_path, text).vault
+    assert (s.cacert, s.client_cert, s.client_key, s.tls_server_name) == (
+        str(tmp_path / "ca.pem"), str(tmp_path / "c.pem"), str(tmp_path / "k.pem"), "file.test")
+    env = {"BAO_CLIENT_CERT": "/b/c.pem", "VAULT_CLIENT_KEY": "/v/k.pem", "BAO_TLS_SERVER_NAME": "bao.test"}
+    s = load(tmp_path, text, env=env).vault
+    assert (s.client_cert, s.client_key, s.tls_server_name) == ("/b/c.pem", "/v/k.pem", "bao.test")
+    # a CA folder from the environment replaces the file's CA file (which would otherwise win)
+    s = load(tmp_path, text, env={"VAULT_CAPATH": "/cas"}).vault
+    assert (s.cacert, s.capath) == (None, "/cas")
+    # both in one layer: the file wins over the folder, as in the Vault CLI
+    s = load(tmp_path, "", env={"VAULT_CAPATH": "/cas", "VAULT_CACERT": "/ca.pem"}).vault
+    assert (s.cacert, s.capath) == ("/ca.pem", "/cas")
+
+
+def test_token_sources_in_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    vs = config.VaultSettings
+    assert config.token_with_source(vs()) == (None, "none")
+    (tmp_path / ".vault-token").write_text("from-login\n")
+    assert config.token_with_source(vs()) == ("from-login", str(tmp_path / ".vault-token"))
+    (tmp_path / "tf").write_text("from-file")
+    assert config.token_with_source(vs(token_file=str(tmp_path / "tf")))[0] == "from-file"
+    assert config.token_with_source(vs(token="from-env", token_file=str(tmp_path / "tf")))[0] == "from-env"

@@ -20,13 +20,16 @@ from dotenv import dotenv_values
 
 from tests.daemon_harness import DaemonProc, daemon_env, wait_for
 from tests.fixtures_servers import PostgresServer
+from tests.least_privilege import daemon_token
+from vaultsync.formats import HEADER
 
 HOOK = [sys.executable, "-c", "import sys, time; open(sys.argv[1], 'a').write(f'{time.time()}\\n')"]
 
 
 def short_token(root: hvac.Client, ttl: str = "1h") -> str:
-    """A renewable child token (the daemon's identity in these tests)."""
-    return root.auth.token.create(policies=["root"], ttl=ttl, renewable=True)["auth"]["client_token"]
+    """The daemon's identity in these tests: a renewable token with the shipped daemon policy (plus
+    default), its KV and database mounts widened to ``+`` so it fits every test's fresh mounts."""
+    return daemon_token(root, kv_mount="+", db_mount="+", ttl=ttl)
 
 
 def database_engine(root: hvac.Client, pg: PostgresServer, *, default_ttl: str = "5s", max_ttl: str = "20s") -> str:
@@ -321,10 +324,11 @@ def test_metrics_contract_is_exported_from_the_start(kv2, root, vault_server, wo
 def test_render_command_one_shot(kv2, root, vault_server, cli, workdir):
     root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"A": "1"}, mount_point=kv2)
     cfg = config(workdir, kv2, '[services.api]\n[[services.api.destinations]]\npath = "api.env"\n[[services.api.destinations]]\npath = "api.sh"\nstyle = "shell"\n')
-    res = cli("--config", str(cfg), "render", "--output", "json")
+    as_daemon = {"VAULT_TOKEN": short_token(root)}  # render runs with the daemon's policy, not root
+    res = cli("--config", str(cfg), "render", "--output", "json", env=as_daemon)
     assert res.code == 0, res.output
     assert set(json.loads(res.stdout)["api"].values()) == {"success"}
-    again = cli("--config", str(cfg), "render", "--output", "json")
+    again = cli("--config", str(cfg), "render", "--output", "json", env=as_daemon)
     assert set(json.loads(again.stdout)["api"].values()) == {"unchanged"}
     assert (workdir / "api.sh").read_text() == "export A='1'\n"
 
@@ -417,7 +421,25 @@ def test_render_command_renders_the_other_services_when_one_fails(kv2, root, vau
     cfg = config(workdir, kv2, '[services.broken]\ndynamic = { db = "no-such-mount/creds/x" }\n'
                  '[[services.broken.destinations]]\npath = "broken.env"\n'
                  '[services.good]\n[[services.good.destinations]]\npath = "good.env"\n')
-    res = cli("--config", str(cfg), "render", "--output", "json")
+    res = cli("--config", str(cfg), "render", "--output", "json", env={"VAULT_TOKEN": short_token(root)})
     assert res.code == 1, res.output
     assert json.loads(res.stdout) == {"broken": {str(workdir / "broken.env"): "failure"}, "good": {str(workdir / "good.env"): "success"}}
-    assert (workdir / "good.env").read_text() == "A='1'\n" and not (workdir / "broken.env").exists()
+    assert (workdir / "good.env").read_text() == HEADER + "A='1'\n" and not (workdir / "broken.env").exists()
+
+
+def test_a_missing_kv_path_is_never_rendered_empty_keeps_the_file_and_is_not_ready(kv2, root, vault_server, workdir):
+    (workdir / "ghost.env").write_text("A='previous'\n")
+    cfg = config(workdir, kv2, '[services.ghost]\n[[services.ghost.destinations]]\npath = "ghost.env"\n', poll="1s")
+    d = DaemonProc(cfg, daemon_env(vault_server, short_token(root), workdir), workdir).start(wait_ready=False)
+    try:
+        wait_for(lambda: d.count("kv read failed") >= 2, 10, "the missing source retried")
+        assert d._get("/readyz").status_code == 503
+        assert (workdir / "ghost.env").read_text() == "A='previous'\n", "an empty render replaced the file"
+        root.secrets.kv.v2.create_or_update_secret(path="compose/ghost", secret={"A": "now"}, mount_point=kv2)
+        wait_for(lambda: d._get("/readyz").status_code == 200, 15, "ready once the secret exists")
+        assert dotenv_values(workdir / "ghost.env") == {"A": "now"}
+        root.secrets.kv.v2.delete_metadata_and_all_versions(path="compose/ghost", mount_point=kv2)
+        wait_for(lambda: d._get("/readyz").status_code == 503, 10, "not ready once the secret is gone")
+        assert dotenv_values(workdir / "ghost.env") == {"A": "now"}, "a deleted secret emptied the file"
+    finally:
+        d.stop()

@@ -26,11 +26,50 @@ def test_reads_what_python_dotenv_reads(name: str, tmp_path: Path) -> None:
 
 def test_interpolation_only_when_asked(tmp_path: Path) -> None:
     path = tmp_path / ".env"
-    path.write_bytes(CORPUS["literal_vars"])
+    path.write_bytes(b"BASE=/srv\nUSES=${BASE}/app\nDEFAULTED=${BASE:-fallback}\nDOLLAR=$HOME\n")
     assert envfile.parse(path).values()["USES"] == "${BASE}/app"
     assert envfile.parse(path, interpolate=True).values()["USES"] == "/srv/app"
-    assert envfile.parse(path, interpolate=True).values()["DEFAULTED"] == "fallback"
+    assert envfile.parse(path, interpolate=True).values()["DEFAULTED"] == "/srv"
     assert envfile.parse(path, interpolate=True).values()["DOLLAR"] == "$HOME"  # $VAR is never expanded
+
+
+@pytest.mark.parametrize("line", ["X=${VAULT_TOKEN}", "X=${VAULT_TOKEN:-none}", "X='${VAULT_TOKEN}'", "X=${LATER}\nLATER=1"])
+def test_interpolation_never_reads_the_environment(line: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("VAULT_TOKEN", CANARY)
+    path = tmp_path / ".env"
+    path.write_bytes(f"A=1\n{line}\n".encode())
+    with pytest.raises(ParseError) as err:
+        envfile.parse(path, interpolate=True)
+    name = "LATER" if "LATER" in line else "VAULT_TOKEN"
+    assert str(err.value).startswith(f"{path}:2: X refers to ${{{name}}}")
+    assert f"--interpolate-env {name}" in str(err.value) and CANARY not in str(err.value)
+
+
+def test_a_reference_that_is_no_variable_name_is_not_echoed(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    path.write_bytes(b"PASSWORD=x${p@ss w0rd!}y\n")  # a password that happens to hold "${"
+    with pytest.raises(ParseError) as err:
+        envfile.parse(path, interpolate=True)
+    assert str(err.value).startswith(f"{path}:1: PASSWORD holds a ${{...}}") and "p@ss" not in str(err.value)
+
+
+def test_interpolate_env_allows_named_variables(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DOMAIN", "example.com")
+    monkeypatch.delenv("UNSET_ONE", raising=False)
+    path = tmp_path / ".env"
+    path.write_bytes(b"DOMAIN=local\nURL=https://${DOMAIN}/\nHOST=${UNSET_ONE:-db}\n")
+    values = envfile.parse(path, interpolate=True, interpolate_env=["DOMAIN", "UNSET_ONE"]).values()
+    assert values["URL"] == "https://local/"  # the file's own key wins, as in python-dotenv
+    assert values["HOST"] == "db"
+
+
+def test_crlf_and_cr_multiline_values_read_like_python_dotenv(tmp_path: Path) -> None:
+    for name in ("crlf_multiline", "cr_only"):
+        path = tmp_path / f"{name}.env"
+        path.write_bytes(CORPUS[name])
+        values = envfile.parse(path).values()
+        assert values == dotenv_values(path, interpolate=False)
+        assert "\r" not in values["TLS_KEY"] and values["TLS_KEY"].count("\n") == 3, name
 
 
 def test_duplicates_warn_and_last_wins_or_fail_when_strict(tmp_path: Path) -> None:

@@ -1,21 +1,20 @@
-"""Env-file styles, checked against the real readers: python-dotenv, bash, dash,
-and (when it can be built) compose-go through tools/composecheck."""
+"""Env-file styles, each checked against its real reader (tests/readers.py): python-dotenv,
+compose-go's and docker's env-file parsers (tools/envcheck), bash/dash, systemd's rules, JSON."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import random
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from dotenv import dotenv_values
 
+from tests import readers
 from vaultsync.errors import BadInput
-from vaultsync.formats import STYLES, FormatError, quote_dotenv, quote_shell, render
+from vaultsync.formats import GENERATED, HEADER, STYLES, FormatError, quote_dotenv, quote_shell, refusals, render
 
 ROOT = Path(__file__).resolve().parent.parent
 DEST = "/srv/app/.env"
@@ -100,31 +99,82 @@ def no_secret_in(message: str, value: str) -> None:
         assert value not in message
 
 
+@pytest.fixture(scope="session")
+def envcheck():
+    return readers.Envcheck(readers.build_envcheck())
+
+
+def read_back(style, text, folder, envcheck, shell=("bash",)):
+    """What the style's reader gets out of ``text``."""
+    if style == "dotenv":
+        reads = readers.read_dotenv(text, folder)
+        assert all(r == reads[0] for r in reads), reads
+        return reads[0]
+    if style in ("compose", "docker"):
+        got = envcheck.read(style, text)
+        assert got is not None, f"{style} refused the file"
+        return got
+    if style == "shell":
+        env = readers.read_shell(list(shell), text, folder)
+        return {k: v for k, v in env.items() if k not in readers.SHELL_OWN}
+    if style == "systemd":
+        return readers.read_systemd(text)
+    if style == "json":
+        return json.loads(text)
+    raise AssertionError(style)
+
+
 # --------------------------------------------------------------------------
 # Common rules
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("style", ["dotenv", "docker", "shell"])
-def test_sorted_with_trailing_newline(style):
+@pytest.mark.parametrize("style", GENERATED)
+def test_sorted_with_trailing_newline_and_header(style):
     text = render(style, {"B": "2", "A": "1", "_C": "3", "a": "4"}, destination=DEST)
     assert text.endswith("\n") and not text.endswith("\n\n")
-    keys = [line.split("=", 1)[0].removeprefix("export ") for line in text.splitlines()]
+    if style == "json":
+        assert list(json.loads(text)) == ["A", "B", "_C", "a"]
+        return
+    lines = text.splitlines()
+    if style != "shell":
+        assert lines[0] + "\n" == HEADER and "source" in HEADER
+        lines = lines[1:]
+    else:
+        assert not text.startswith("#")
+    keys = [line.split("=", 1)[0].removeprefix("export ") for line in lines]
     assert keys == ["A", "B", "_C", "a"]
 
 
-@pytest.mark.parametrize("style", ["dotenv", "docker", "shell"])
+@pytest.mark.parametrize("style", GENERATED)
 def test_empty_mapping(style):
-    assert render(style, {}, destination=DEST) == ""
+    assert render(style, {}, destination=DEST) == {"json": "{}\n", "shell": ""}.get(style, HEADER)
 
 
 @pytest.mark.parametrize("style", STYLES)
-@pytest.mark.parametrize("key", ["1ABC", "A-B", "A B", "", "A=B", "é", "A.B", "A\nB", "$A"])
+@pytest.mark.parametrize("key", ["A B", "", "A=B", "é", "A\nB", "$A", "A#B", "A'B"])
 def test_invalid_keys(style, key):
+    if style == "json" and key:
+        return  # any string is a JSON key
     with pytest.raises(FormatError) as info:
-        render(style, {key: "v"}, template="x", destination=DEST)
+        render(style, {key: "v"}, template="x" if style == "template" else None, destination=DEST)
     assert DEST in str(info.value) and "invalid variable name" in str(info.value)
     assert info.value.key == key
+
+
+@pytest.mark.parametrize("style", ["dotenv", "compose", "docker", "json"])
+@pytest.mark.parametrize("key", ["NODE-ENV", "com.example.key", "1ABC", "a.b-c_d"])
+def test_dashed_and_dotted_keys_where_the_reader_takes_them(style, key, tmp_path, envcheck):
+    text = render(style, {key: "v$1 'x'"}, destination=DEST)
+    assert read_back(style, text, tmp_path, envcheck) == {key: "v$1 'x'"}
+
+
+@pytest.mark.parametrize("style", ["shell", "systemd"])
+@pytest.mark.parametrize("key", ["NODE-ENV", "com.example.key", "1ABC"])
+def test_shell_names_only_for_shell_and_systemd(style, key):
+    with pytest.raises(FormatError) as info:
+        render(style, {key: "v"}, destination=DEST)
+    assert info.value.key == key and "[A-Za-z_][A-Za-z0-9_]*" in str(info.value)
 
 
 def test_non_string_key_and_value():
@@ -139,7 +189,7 @@ def test_non_string_key_and_value():
 @pytest.mark.parametrize("value", ["nul\x00SECRETVALUE", "surrogate\ud800SECRETVALUE"])
 def test_unrepresentable_in_any_style(style, value):
     with pytest.raises(FormatError) as info:
-        render(style, {"TOKEN": value}, template="$TOKEN", destination=DEST)
+        render(style, {"TOKEN": value}, template="{{ TOKEN }}" if style == "template" else None, destination=DEST)
     assert "'TOKEN'" in str(info.value) and DEST in str(info.value)
     assert "SECRETVALUE" not in str(info.value)
 
@@ -157,114 +207,28 @@ def test_unknown_style_and_template_misuse():
     with pytest.raises(FormatError, match="needs a template"):
         render("template", {}, destination=DEST)
     with pytest.raises(FormatError, match="template was given"):
-        render("dotenv", {}, template="$A", destination=DEST)
+        render("dotenv", {}, template="{{ A }}", destination=DEST)
 
 
 # --------------------------------------------------------------------------
-# dotenv
+# Every style, the whole nasty corpus, against its real reader
 # --------------------------------------------------------------------------
 
-
-def read_dotenv_everyway(text: str, tmp_path: Path) -> list[dict]:
-    """Every way a service may read the file: stream or path, with or without interpolation."""
-    path = tmp_path / "read.env"
-    path.write_bytes(text.encode("utf-8"))
-    return [
-        dict(dotenv_values(stream=io.StringIO(text), interpolate=False)),
-        dict(dotenv_values(stream=io.StringIO(text))),
-        dict(dotenv_values(path, interpolate=False)),
-        dict(dotenv_values(path)),
-    ]
+ALL_NASTY = NASTY + DOTENV_EXPANDED
 
 
-def test_dotenv_round_trip_nasty_corpus(tmp_path):
-    values = as_mapping(NASTY)
-    text = render("dotenv", values, destination=DEST)
-    for read in read_dotenv_everyway(text, tmp_path):
-        assert read == values
-
-
-def test_dotenv_round_trip_one_by_one(tmp_path):
-    # One value per file too: a value must not depend on its neighbours to parse.
-    for value in NASTY:
-        text = render("dotenv", {"K": value}, destination=DEST)
-        for read in read_dotenv_everyway(text, tmp_path):
-            assert read == {"K": value}, (text, read)
-
-
-def test_dotenv_quoting_shape():
-    assert quote_dotenv("a'b\\c") == "'a\\'b\\\\c'"
-    assert quote_dotenv("line1\nline2") == "'line1\nline2'"  # PEM stays readable
-    assert quote_dotenv("a\r\nb\"\\") == '"a\\r\\nb\\"\\\\"'
-    assert render("dotenv", {"A": "x"}, destination=DEST) == "A='x'\n"
-
-
-@pytest.mark.parametrize("value", DOTENV_EXPANDED)
-def test_dotenv_rejects_what_python_dotenv_expands(value, monkeypatch):
-    with pytest.raises(FormatError) as info:
-        render("dotenv", {"DB_PASSWORD": value}, destination=DEST)
-    message = str(info.value)
-    assert "'DB_PASSWORD'" in message and DEST in message and "shell" in message
-    no_secret_in(message, value)
-    # ... and the rejection is needed: quoted anyway, python-dotenv changes it.
-    for name in ("HOME", "X", "B", "D", ""):
+@pytest.mark.parametrize("style", ["dotenv", "compose", "systemd", "json"])
+def test_carries_every_value(style, tmp_path, envcheck, monkeypatch):
+    for name in ("HOME", "X", "B", "D"):
         monkeypatch.delenv(name, raising=False)
-    line = f"K={quote_dotenv(value)}\n"
-    assert dotenv_values(stream=io.StringIO(line))["K"] != value
+    values = as_mapping(ALL_NASTY)
+    text = render(style, values, destination=DEST)
+    assert read_back(style, text, tmp_path, envcheck) == values
+    for key, value in values.items():  # one per file: no value leans on a neighbour
+        assert read_back(style, render(style, {key: value}, destination=DEST), tmp_path, envcheck) == {key: value}
 
 
-def test_dotenv_fuzz_agrees_with_python_dotenv(monkeypatch, tmp_path):
-    """Random strings over the characters that matter: each one either renders
-    and reads back identically every way, or is rejected and would really have
-    been changed by python-dotenv's interpolation."""
-    alphabet = ["$", "{", "}", ":", "-", "'", '"', "\\", "\n", "\r", " ", "\t", "#", "=", "a", "X", "é", "`"]
-    alphabet += ["${", ":-", "}", "${a}", "$a"]  # make interpolation patterns common
-    rng = random.Random(20240601)
-    for name in list(os.environ):  # variables a random ${NAME} could resolve
-        if set(name) <= set("".join(alphabet)):
-            monkeypatch.delenv(name)
-    accepted = rejected = 0
-    for _ in range(3000):
-        value = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
-        try:
-            text = render("dotenv", {"K": value}, destination=DEST)
-        except FormatError:
-            rejected += 1
-            line = f"K={quote_dotenv(value)}\n"
-            assert dotenv_values(stream=io.StringIO(line), interpolate=False)["K"] == value
-            assert dotenv_values(stream=io.StringIO(line))["K"] != value, repr(value)
-        else:
-            accepted += 1
-            assert dotenv_values(stream=io.StringIO(text), interpolate=False) == {"K": value}, repr(value)
-            assert dotenv_values(stream=io.StringIO(text)) == {"K": value}, repr(value)
-    assert accepted > 1000 and rejected > 50
-
-
-# --------------------------------------------------------------------------
-# shell
-# --------------------------------------------------------------------------
-
-SHELLS = [s for s in ("bash", "dash", "sh") if shutil.which(s)]
-
-
-def source_and_dump(shell: str, path: Path, cwd: Path) -> dict[str, str]:
-    proc = subprocess.run(
-        [shutil.which(shell), "-c", '. "$1" && exec env -0', shell, str(path)],
-        env={"PATH": "/usr/bin:/bin"},
-        cwd=cwd,
-        capture_output=True,
-        check=True,
-        timeout=30,
-    )
-    out: dict[str, str] = {}
-    for item in proc.stdout.split(b"\0"):
-        if item:
-            key, _, value = item.partition(b"=")
-            out[key.decode()] = value.decode("utf-8", errors="surrogateescape")
-    return out
-
-
-@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("shell", [" ".join(a) for a in readers.SHELLS])
 def test_shell_round_trip_by_sourcing(shell, tmp_path):
     marker = tmp_path / "pwned"
     evil = [
@@ -275,13 +239,39 @@ def test_shell_round_trip_by_sourcing(shell, tmp_path):
         f"\\'$(touch {marker})",
         f"x\n touch {marker}\n",
     ]
-    values = as_mapping(NASTY + DOTENV_EXPANDED + evil)
-    path = tmp_path / "secrets.sh"
-    path.write_text(render("shell", values, destination=DEST), encoding="utf-8")
-    env = source_and_dump(shell, path, tmp_path)
+    values = as_mapping(ALL_NASTY + evil)
+    text = render("shell", values, destination=DEST)
+    env = readers.read_shell(shell.split(), text, tmp_path)
     assert not marker.exists()
     for key, value in values.items():
         assert env.get(key) == value, (shell, key)
+
+
+def test_dotenv_keeps_dollar_brace_literal_under_interpolation(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", "/home/x")
+    values = {"A": "${HOME}", "B": "x${HOME}y", "C": "${X:-default}", "D": "$${HOME}", "E": "${:-$}"}
+    text = render("dotenv", values, destination=DEST)
+    for read in readers.read_dotenv(text, tmp_path):
+        assert read == values
+
+
+def test_dotenv_quoting_shape():
+    assert quote_dotenv("a'b\\c") == "'a\\'b\\\\c'"
+    assert quote_dotenv("line1\nline2") == "'line1\nline2'"  # PEM stays readable
+    assert quote_dotenv("a\r\nb\"\\") == '"a\\r\\nb\\"\\\\"'
+    assert quote_dotenv("${A}") == "'${:-$}{A}'"
+    assert render("dotenv", {"A": "x"}, destination=DEST) == HEADER + "A='x'\n"
+
+
+def test_dotenv_fuzz_agrees_with_python_dotenv(monkeypatch, tmp_path):
+    alphabet = ["$", "{", "}", ":", "-", "'", '"', "\\", "\n", "\r", " ", "\t", "#", "=", "a", "X", "é", "`"]
+    alphabet += ["${", ":-", "}", "${a}", "$a"]
+    rng = random.Random(20240601)
+    monkeypatch.setenv("a", "ENVIRONMENT")
+    for _ in range(2000):
+        value = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        text = render("dotenv", {"K": value}, destination=DEST)
+        assert dotenv_values(stream=io.StringIO(text)) == {"K": value}, repr(value)
 
 
 def test_shell_quoting_shape():
@@ -289,179 +279,104 @@ def test_shell_quoting_shape():
     assert render("shell", {"A": "x y"}, destination=DEST) == "export A='x y'\n"
 
 
+@pytest.mark.parametrize("key", ["UID", "EUID", "PPID", "SHELLOPTS", "BASHOPTS", "BASH_VERSINFO", "BASH_ENV", "RANDOM"])
+def test_shell_leaves_out_bash_reserved_names_with_a_warning(key, tmp_path):
+    warnings = []
+    text = render("shell", {key: "1000", "GID": "1000"}, destination=DEST, warn=warnings.append)
+    assert f"# {key} is not set here: bash reserves this name\n" in text
+    assert len(warnings) == 1 and key in warnings[0] and "1000" not in warnings[0]
+    for shell in readers.SHELLS:  # `set -e` survives: nothing aborts
+        env = readers.read_shell(shell, text, tmp_path)
+        assert env["GID"] == "1000"
+
+
+@pytest.mark.parametrize("key", ["PIPESTATUS", "OPTIND"])
+def test_shell_never_writes_a_name_the_shells_read_back_differently(key, tmp_path):
+    """bash resets PIPESTATUS after every command; OPTIND must be a number (dash aborts)."""
+    text = render("shell", {key: "v1", "GID": "1000"}, destination=DEST, warn=lambda _m: None)
+    for shell in readers.SHELLS:
+        env = readers.read_shell(shell, text, tmp_path)
+        assert env.get(key) == "v1" or f"export {key}=" not in text, (shell, env.get(key))
+
+
+def test_bash_really_refuses_uid(tmp_path):
+    """Why: `export UID=...` is an error that aborts a `set -e` bash script."""
+    path = tmp_path / "x.sh"
+    path.write_text("export UID='1000'\n")
+    proc = subprocess.run(["bash", "-c", 'set -e; . "$1"; echo reached', "bash", str(path)], capture_output=True, text=True)
+    assert "reached" not in proc.stdout and "readonly" in proc.stderr
+
+
 # --------------------------------------------------------------------------
 # docker
 # --------------------------------------------------------------------------
 
-DOCKER_SAFE = [
-    "",
-    "plain",
-    "with inner space",
-    "p@ss#word",
-    "#leading hash",
-    "a=b=c",
-    "back\\slash\\n",
-    "ends with quote'",
-    'mid"quote',
-    "$",
-    "a$",
-    "$1",
-    "$(notrun)",
-    "cost: 5$ only",
-    "$-x",
-    "`id`",
-    "unicode é 漢字 🔑",
-    "a#b#c",
-]
-
-DOCKER_REJECTED = {
-    "multi\nline": "line break",
-    "cr\rinside": "line break",
-    " leading": "whitespace",
-    "trailing ": "whitespace",
-    "\ttab": "whitespace",
-    "'single quoted'": "quote",
-    '"double quoted"': "quote",
-    "'": "quote",
-    "pass #word": "'#'",
-    "pass\t#word": "'#'",  # conservative: compose cuts only at " #", python-dotenv at any "\s#"
-    "pa$word": "interpolates",
-    "pa$$word": "interpolates",
-    "${HOME}": "interpolates",
-    "$_x": "interpolates",
-    "$HOME": "interpolates",
-}
+DOCKER_SAFE = [v for v in ALL_NASTY if "\n" not in v and "\r" not in v]
 
 
-def read_like_docker_run(text: str) -> dict[str, str]:
-    """docker run --env-file: lines, leading whitespace trimmed, '#' comments,
-    split at the first '=', value verbatim (recent CLIs also strip one pair of
-    matching surrounding quotes)."""
-    out = {}
-    for line in text.split("\n"):
-        line = line.lstrip()
-        if not line or line.startswith("#"):
-            continue
-        key, _, value = line.partition("=")
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        out[key] = value
-    return out
-
-
-def test_docker_safe_values_verbatim():
+def test_docker_values_verbatim(tmp_path, envcheck):
     values = as_mapping(DOCKER_SAFE)
     text = render("docker", values, destination=DEST)
-    assert read_like_docker_run(text) == values
-    assert text.splitlines()[0] == "V000="
+    assert envcheck.read("docker", text) == values
+    assert "V001=plain\n" in text and "V007=single'quote\n" in text
 
 
-@pytest.mark.parametrize(("value", "why"), DOCKER_REJECTED.items())
-def test_docker_rejects_ambiguous_values(value, why):
-    secret = value[:1] + "SECRETVALUE" + value[1:]  # still rejected for the same reason
+@pytest.mark.parametrize("value", ["multi\nline", "cr\rinside", "trailing cr\r", "\n"])
+def test_docker_refuses_only_line_breaks(value):
+    secret = "SECRETVALUE" + value
     with pytest.raises(FormatError) as info:
         render("docker", {"API_KEY": secret}, destination=DEST)
     message = str(info.value)
-    assert why in message and "'API_KEY'" in message and DEST in message
+    assert "line break" in message and "'API_KEY'" in message and DEST in message
     assert "SECRETVALUE" not in message
 
 
-def test_docker_rejects_overlong_line():
+def test_docker_rejects_overlong_line(envcheck):
     ok = "x" * (64 * 1024 - len("K=") - 1)
-    assert render("docker", {"K": ok}, destination=DEST) == f"K={ok}\n"
-    with pytest.raises(FormatError, match="64 KiB|65536"):
+    assert render("docker", {"K": ok}, destination=DEST) == HEADER + f"K={ok}\n"
+    assert envcheck.read("docker", f"K={ok}\n") == {"K": ok}
+    with pytest.raises(FormatError, match="64 KiB"):
         render("docker", {"K": ok + "x"}, destination=DEST)
+    assert envcheck.read("docker", f"K={ok}x\n") is None  # docker really refuses it
 
 
-@pytest.fixture(scope="session")
-def composecheck(tmp_path_factory):
-    """tools/composecheck (compose-go's own loader), built once; fails without Go."""
-    found = os.environ.get("VAULTSYNC_COMPOSECHECK") or shutil.which("composecheck")
-    if found:
-        return found
-    source = ROOT / "tools" / "composecheck"
-    go = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go") else None)
-    if not go or not (source / "main.go").exists():
-        pytest.fail("compose-go reference reader unavailable: install Go and keep tools/composecheck", pytrace=False)
-    binary = tmp_path_factory.mktemp("composecheck") / "composecheck"
-    proc = subprocess.run(
-        [go, "build", "-o", str(binary), "."], cwd=source, capture_output=True, text=True, timeout=600
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"could not build tools/composecheck: {proc.stderr[-500:]}")
-    return str(binary)
+def test_docker_and_compose_really_disagree(envcheck):
+    """Why two styles: the same line reads differently in docker run and compose."""
+    for value in ("'quoted'", "pa$word", "a #b", " padded "):
+        line = f"K={value}\n"
+        assert envcheck.read("docker", line) == {"K": value}
+        assert envcheck.read("compose", line) != {"K": value}
 
 
-def compose_env_file(composecheck: str, text: str, folder: Path) -> dict[str, str] | None:
-    """The environment compose gives the service, or None if compose refuses the file."""
-    (folder / "rendered.env").write_text(text, encoding="utf-8")
-    (folder / "compose.yaml").write_text(
-        "services:\n  app:\n    image: alpine\n    env_file: rendered.env\n", encoding="utf-8"
-    )
-    proc = subprocess.run(
-        [composecheck, "compose", str(folder / "compose.yaml")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PATH": "/usr/bin:/bin"},
-    )
-    if proc.returncode != 0:
-        assert "rendered.env" in proc.stderr, proc.stderr  # refused our file, not something else
-        return None
-    return json.loads(proc.stdout)["services"]["app"].get("environment") or {}
+# --------------------------------------------------------------------------
+# plan-time refusals
+# --------------------------------------------------------------------------
 
 
-def test_docker_style_reads_back_in_compose(composecheck, tmp_path):
-    values = as_mapping(DOCKER_SAFE)
-    text = render("docker", values, destination=DEST)
-    env = compose_env_file(composecheck, text, tmp_path)
-    assert env is not None
+def test_refusals_name_keys_and_reasons_never_values():
+    found = refusals({"UID": "1000", "PEM": "SECRETVALUE\nx", "NODE-ENV": "SECRETVALUE", "OK": "SECRETVALUE"})
+    assert set(found) == {"docker", "shell", "systemd"}
+    assert set(found["docker"]) == {"PEM"}
+    assert set(found["shell"]) == {"UID", "NODE-ENV"}
+    assert set(found["systemd"]) == {"NODE-ENV"}
+    assert "SECRETVALUE" not in repr(found)
+
+
+# --------------------------------------------------------------------------
+# compose: also through compose-go's whole project loader (env_file: as `docker compose config`)
+# --------------------------------------------------------------------------
+
+from tests.test_compose import composecheck  # noqa: E402,F401 - the session fixture building tools/composecheck
+
+
+def test_compose_style_through_the_project_loader(composecheck, tmp_path):
+    values = as_mapping(ALL_NASTY + ["${HOME}", "$HOME", "$$HOME", "${V001}", "$V001"])
+    (tmp_path / "rendered.env").write_text(render("compose", values, destination=DEST), encoding="utf-8")
+    (tmp_path / "compose.yaml").write_text("services:\n  app:\n    image: alpine\n    env_file: rendered.env\n")
+    (tmp_path / "project.env").write_text("HOME=/from/project\nV001=from-project\n")
+    proc = subprocess.run([str(composecheck), "compose", "-env-file", str(tmp_path / "project.env"),
+                           str(tmp_path / "compose.yaml")], capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    env = json.loads(proc.stdout)["services"]["app"].get("environment") or {}
     assert {k: ("" if v is None else v) for k, v in env.items()} == values
-
-
-def test_docker_rejections_are_real_compose_differences(composecheck, tmp_path):
-    """Each single-line value we reject is one compose really reads differently
-    from docker run (so the rule is not stricter than needed), except the
-    ones marked conservative."""
-    conservative = {"pass\t#word"}
-    single_line = [v for v in DOCKER_REJECTED if "\n" not in v and "\r" not in v and v not in conservative]
-    for i, value in enumerate(single_line):
-        folder = tmp_path / str(i)
-        folder.mkdir()
-        text = f"K={value}\n"
-        env = compose_env_file(composecheck, text, folder)
-        docker_run = read_like_docker_run(text)["K"]
-        assert env is None or env.get("K") != docker_run or docker_run != value, value
-
-
-# --------------------------------------------------------------------------
-# template
-# --------------------------------------------------------------------------
-
-
-def test_template_substitutes_verbatim():
-    values = {"USER": "app", "PASSWORD": "p$a'ss\"${X}\n", "HOST": "db"}
-    template = "url=postgres://$USER:${PASSWORD}@$HOST/app\ncost=$$5"
-    assert render("template", values, template=template, destination=DEST) == (
-        "url=postgres://app:p$a'ss\"${X}\n@db/app\ncost=$5"
-    )
-
-
-def test_template_missing_key_names_it():
-    with pytest.raises(FormatError) as info:
-        render("template", {"USER": "SECRETVALUE"}, template="$USER:$PASSWORD", destination=DEST)
-    assert info.value.key == "PASSWORD"
-    assert "'PASSWORD'" in str(info.value) and DEST in str(info.value)
-    assert "SECRETVALUE" not in str(info.value)
-
-
-def test_template_invalid_placeholder():
-    with pytest.raises(FormatError, match="invalid template.*line 2"):
-        render("template", {"A": "SECRETVALUE"}, template="ok $A\nbad $ here", destination=DEST)
-
-
-def test_template_nasty_values_pass_through():
-    values = as_mapping(NASTY + DOTENV_EXPANDED)
-    template = "".join(f"[${{{k}}}]" for k in values)
-    expected = "".join(f"[{v}]" for v in values.values())
-    assert render("template", values, template=template, destination=DEST) == expected

@@ -10,7 +10,9 @@ import pytest
 from click.testing import CliRunner
 from dotenv import dotenv_values
 
+from tests.conftest import run_cli
 from tests.envcorpus import CORPUS
+from tests.least_privilege import migrator_token
 from vaultsync import cli as cli_module
 from vaultsync import migrate as m
 from vaultsync.config import SourceSpec
@@ -37,6 +39,23 @@ def write_env(tmp_path: Path, service: str, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+@pytest.fixture
+def cli(request, vault_env, root):
+    """`vaultsync` as an operator runs migrate: with a token from the shipped migrator policy (no
+    default policy) for this test's mount and the default prefix; root only arranges and inspects."""
+    mount, version = None, 2
+    for name in ("kv2", "kv_any", "kv1"):
+        if name in request.fixturenames:
+            value = request.getfixturevalue(name)
+            mount, version = value if isinstance(value, tuple) else (value, 1 if name == "kv1" else 2)
+    token = migrator_token(root, mount, version) if mount else vault_env["VAULT_TOKEN"]
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd=None):
+        return run_cli(*args, env={**vault_env, "VAULT_TOKEN": token, **(env or {})}, cwd=cwd)
+
+    return run
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
@@ -107,8 +126,9 @@ def test_cli_exits_3_on_conflict_and_says_what_was_written(kv2, root, vault_serv
         return result
 
     monkeypatch.setattr(m, "plan", plan_then_someone_writes)
-    monkeypatch.setenv("VAULT_ADDR", vault_server.addr)
-    monkeypatch.setenv("VAULT_TOKEN", vault_server.token)
+    for name, value in vault_server.env(tmp_path, vault_server.token).items():
+        if name.startswith("VAULT_"):
+            monkeypatch.setenv(name, value)
     res = CliRunner().invoke(cli_module.main, ["migrate", "--mount", kv2, str(api), str(web)])
     assert res.exit_code == 3, res.output
     assert "conflict: " + kv2 + "/compose/api" in res.output
@@ -165,7 +185,7 @@ def test_config_maps_files_and_splits_by_prefix(kv2, root, cli, tmp_path):
         f'[kv]\nmount = "{kv2}"\nprefix = "prod"\n\n'
         '[[migrate.sources]]\nfile = "api/.env"\nservice = "backend"\nsplit = { "DB_" = "backend-db" }\nstrip_prefix = true\n'
     )
-    res = cli("--config", str(tmp_path / "vaultsync.toml"), "migrate")
+    res = cli("--config", str(tmp_path / "vaultsync.toml"), "migrate", env={"VAULT_TOKEN": migrator_token(root, kv2, prefix="prod")})
     assert res.code == 0, res.output
     assert read(root, kv2, 2, "prod/backend") == {"APP_NAME": "api"}
     assert read(root, kv2, 2, "prod/backend-db") == {"USER": "u", "PASSWORD": "p"}

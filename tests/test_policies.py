@@ -125,7 +125,7 @@ def test_invalid_policy_names_the_file_and_applies_nothing(root, cli, tmp_path):
 
 
 def test_prune_removes_only_what_vaultsync_made(fresh_vault, tmp_path):
-    env = {"VAULT_ADDR": fresh_vault.addr, "VAULT_TOKEN": fresh_vault.token, "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    env = fresh_vault.env(tmp_path, fresh_vault.token)
     root = fresh_vault.client(fresh_vault.token)
     folder = tmp_path / "policies"
     folder.mkdir()
@@ -172,11 +172,11 @@ def test_wrapped_secret_id_unwraps_exactly_once(kv2, root, cli, vault_server, tm
     settings = AuthSettings(method="approle", mount=approle, role_name="api", role_id_file=str(out / "role_id"),
                             secret_id_file=str(out / "secret_id"), secret_id_wrapped=True)
     client = vault_server.client()
-    state = auth.login(client, config.VaultSettings(addr=vault_server.addr), settings)
+    state = auth.login(client, vault_server.settings(), settings)
     assert "vaultsync-svc-api" in state.policies
     assert client.secrets.kv.v2.read_secret_version(path="compose/api", mount_point=kv2, raise_on_deleted_version=True)["data"]["data"] == {"A": "1"}
     with pytest.raises(auth.SecurityError, match="already unwrapped"):
-        auth.login(vault_server.client(), config.VaultSettings(addr=vault_server.addr), settings)
+        auth.login(vault_server.client(), vault_server.settings(), settings)
 
 
 def test_wrapping_token_from_elsewhere_is_refused(root, vault_server):
@@ -246,10 +246,10 @@ def test_daemon_keeps_its_unwrapped_secret_id_across_a_network_failure(fresh_vau
     root = fresh_vault.client(fresh_vault.token)
     cfg = write_config(tmp_path, "secret", "approle", {"api": ""})
     assert run_cli("--config", str(cfg), "policies", "apply", str(tmp_path),
-                   env={"VAULT_ADDR": fresh_vault.addr, "VAULT_TOKEN": fresh_vault.token, "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}).code == 0
+                   env=fresh_vault.env(tmp_path, fresh_vault.token)).code == 0
     creds = auth.issue_credentials(root, mount="approle", role="api", wrap_ttl=60)
     auth.write_credentials(creds, tmp_path / "creds")
-    settings = config.load(cfg, env={"VAULT_ADDR": fresh_vault.addr}, overrides={"vault.timeout": 2.0})
+    settings = config.load(cfg, env={"VAULT_ADDR": fresh_vault.addr, "VAULT_CACERT": fresh_vault.cacert or ""}, overrides={"vault.timeout": 2.0})
     settings = config.Settings(vault=settings.vault, kv=settings.kv, daemon=settings.daemon, services={},
                                auth=AuthSettings(method="approle", mount="approle", role_name="api", secret_id_wrapped=True,
                                                  role_id_file=str(tmp_path / "creds" / "role_id"),
@@ -275,7 +275,7 @@ def test_policies_apply_creates_the_daemons_own_approle(kv2, root, cli, vault_se
     assert role["token_policies"] == ["vaultsync-daemon"] and role["token_num_uses"] == 0
     res = cli("--config", str(cfg), "approle", "credentials", "vaultsync-daemon", "--out", str(tmp_path / "creds"), "--wrap-ttl", "60s")
     assert res.code == 0, res.output
-    state = auth.login(vault_server.client(), config.VaultSettings(addr=vault_server.addr), config.load(cfg, env={}).auth)
+    state = auth.login(vault_server.client(), vault_server.settings(), config.load(cfg, env={}).auth)
     assert "vaultsync-daemon" in state.policies
     again = cli("--config", str(cfg), "policies", "apply", str(ROOT / "policies"))
     assert again.code == 0 and "Nothing to change." in again.stdout

@@ -90,7 +90,7 @@ def login(client: hvac.Client, vault: VaultSettings, auth: AuthSettings, *, secr
     if auth.method == "token":
         token = resolve_token(vault)
         if not token:
-            raise ConfigError("auth.method is 'token' but no token: set VAULT_TOKEN (or BAO_TOKEN) or vault.token_file")
+            raise ConfigError("auth.method is 'token' but no token: set VAULT_TOKEN (or BAO_TOKEN), vault.token_file, or `vault login` (~/.vault-token)")
         client.token = token
         register_secret(token)
         return lookup_self(client)

@@ -91,18 +91,26 @@ def wrap_ttl_seconds(text: str | None) -> int | None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Settings file [default: ./vaultsync.toml if present].")
 @click.option("--addr", help="Server address (else VAULT_ADDR / BAO_ADDR).")
 @click.option("--namespace", help="Namespace (else VAULT_NAMESPACE / BAO_NAMESPACE).")
-@click.option("--cacert", type=click.Path(dir_okay=False), help="CA bundle to verify the server (else VAULT_CACERT).")
+@click.option("--cacert", help="CA file to verify the server with (else VAULT_CACERT / BAO_CACERT).")
+@click.option("--capath", help="Folder of CA files (else VAULT_CAPATH / BAO_CAPATH); --cacert wins.")
+@click.option("--client-cert", help="Client certificate for mTLS (else VAULT_CLIENT_CERT), with --client-key.")
+@click.option("--client-key", help="Key of the client certificate (else VAULT_CLIENT_KEY).")
+@click.option("--tls-server-name", help="Name to send (SNI) and check in the server's certificate (else VAULT_TLS_SERVER_NAME).")
 @click.option("--tls-skip-verify", is_flag=True, default=None, help="Turn TLS verification off (not for production).")
 @click.option("--log-format", type=click.Choice(["json", "console"]), default="json", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, addr: str | None, namespace: str | None, cacert: str | None,
+         capath: str | None, client_cert: str | None, client_key: str | None, tls_server_name: str | None,
          tls_skip_verify: bool | None, log_format: str, log_level: str) -> None:
     """Move docker-compose .env secrets into Vault/OpenBao and keep them alive."""
     vlog.configure(log_format, log_level)
     ctx.call_on_close(tracing.shutdown)
     ctx.obj = State(config_path, {
         "vault.addr": addr, "vault.namespace": namespace, "vault.cacert": cacert,
+        # --capath alone replaces a CA file from the config or environment (a CA file wins over a folder).
+        "vault.capath": capath, **({"vault.cacert": ""} if capath and not cacert else {}),
+        "vault.client_cert": client_cert, "vault.client_key": client_key, "vault.tls_server_name": tls_server_name,
         "vault.tls_verify": False if tls_skip_verify else None,
     })
 
@@ -120,7 +128,9 @@ def main(ctx: click.Context, config_path: str | None, addr: str | None, namespac
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
 @click.option("--prune", is_flag=True, help="Remove keys that are only in Vault.")
 @click.option("--strict", is_flag=True, help="A duplicate key is an error, not a warning.")
-@click.option("--interpolate", is_flag=True, help="Expand ${VAR} as python-dotenv does (off: stored literally).")
+@click.option("--interpolate", is_flag=True, help="Expand ${VAR} from keys defined earlier in the same file (off: stored literally).")
+@click.option("--interpolate-env", "interpolate_env", multiple=True, metavar="NAME",
+              help="With --interpolate, let ${NAME} read this environment variable too (repeatable).")
 @click.option("--concurrency", type=click.IntRange(1, 64), help="Parallel requests [default: 8].")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged keys too.")
@@ -128,12 +138,13 @@ def main(ctx: click.Context, config_path: str | None, addr: str | None, namespac
 @handle_errors
 def migrate(state: State, env_files: tuple[str, ...], service: str | None, secret_path: str | None, mount: str | None,
             prefix: str | None, kv_version: int | None, dry_run: bool, prune: bool, strict: bool, interpolate: bool,
-            concurrency: int | None, output: str, verbose: bool) -> None:
+            interpolate_env: tuple[str, ...], concurrency: int | None, output: str, verbose: bool) -> None:
     """Import ENV_FILES into KV: print a masked plan, then write with check-and-set.
 
     Exit codes: 0 done, 1 failure, 2 bad input, 3 conflict (someone else wrote first).
     """
     from vaultsync import migrate as m
+    from vaultsync.connection import preflight
     from vaultsync.vault import KV, detect_kv_version, make_client
 
     s = state.settings(**{"kv.mount": mount, "kv.prefix": prefix, "kv.version": kv_version, "migrate.concurrency": concurrency})
@@ -145,14 +156,21 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
         sources = list(s.migrate.sources)
         if not sources:
             raise BadInput("no .env files given, and no [[migrate.sources]] in the config")
+    if interpolate_env and not interpolate:
+        raise BadInput("--interpolate-env needs --interpolate")
     log = vlog.get_logger()
     targets = m.build_targets(
-        sources, prefix=s.kv.prefix, strict=strict, interpolate=interpolate, max_secret_bytes=s.migrate.max_secret_bytes,
+        sources, prefix=s.kv.prefix, strict=strict, interpolate=interpolate, interpolate_env=interpolate_env,
+        max_secret_bytes=s.migrate.max_secret_bytes,
         warn=lambda msg: (log.warning("duplicate key", detail=msg), click.echo(f"warning: {msg}", err=True)),
     )
+    for msg in m.style_warnings(targets):
+        log.warning("style cannot carry keys", detail=msg)
+        click.echo(f"warning: {msg}", err=True)
     client = make_client(s.vault, pool_size=s.migrate.concurrency)
     if not client.token:
-        raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), or vault.token_file")
+        raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), vault.token_file, or `vault login` (~/.vault-token)")
+    preflight(client)
     version = s.kv.version or detect_kv_version(client, s.kv.mount)
     kv = KV(client, s.kv.mount, version)
     with tracing.span("vaultsync.migrate.plan", mount=kv.mount, kv_version=version, secrets=len(targets)) as sp:
@@ -195,6 +213,47 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
         sys.exit(outcome.exit_code)
 
 
+@main.command("export", context_settings=CONTEXT)
+@click.argument("secret_path", metavar="PATH")
+@click.option("--style", type=click.Choice([s for s in config.STYLES if s != "template"]), default="dotenv",
+              show_default=True, help="Whose syntax to write (see README: which style for what).")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write here (atomically, mode 0600).")
+@click.option("--force", is_flag=True, help="Replace --out if it exists (a symlink there is replaced, never followed).")
+@click.option("--stdout", "to_stdout", is_flag=True, help="Print to stdout even if it is a terminal.")
+@click.option("--mount", help="KV mount [default: secret].")
+@click.option("--kv-version", type=click.IntRange(1, 2), help="KV version when the token may not read the mount.")
+@click.pass_obj
+@handle_errors
+def export_cmd(state: State, secret_path: str, style: str, out_file: str | None, force: bool, to_stdout: bool,
+               mount: str | None, kv_version: int | None) -> None:
+    """Write the secret at PATH (under the mount, e.g. compose/web) as an env file: the inverse of migrate.
+
+    Exit codes: 0 done, 1 no such secret or server error, 2 a key or value the style cannot carry."""
+    from vaultsync import export, render
+    from vaultsync.vault import KV, detect_kv_version, make_client
+
+    if out_file and to_stdout:
+        raise BadInput("give --out FILE or --stdout, not both")
+    if out_file and not force and os.path.lexists(out_file):
+        raise BadInput(f"{out_file} exists: pass --force to replace it")
+    if not out_file and not to_stdout and sys.stdout.isatty():
+        raise BadInput("refusing to print secrets to a terminal: give --out FILE, pipe the output, or pass --stdout")
+    s = state.settings(**{"kv.mount": mount, "kv.version": kv_version})
+    client = make_client(s.vault)
+    if not client.token:
+        raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), or vault.token_file")
+    kv = KV(client, s.kv.mount, s.kv.version or detect_kv_version(client, s.kv.mount))
+    text = export.export_text(kv, secret_path, style=style, warn=lambda msg: click.echo(f"warning: {msg}", err=True))
+    if out_file:
+        try:
+            render.atomic_write(out_file, text.encode("utf-8"), mode=0o600)
+        except OSError as exc:
+            raise VaultsyncError(f"{out_file}: cannot write: {exc.strerror}") from None
+        click.echo(f"Wrote {kv.mount}/{secret_path} to {out_file} ({style} style).", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
 # --- dev server -------------------------------------------------------------------------
 
 
@@ -233,11 +292,13 @@ def _kv_for_policies(client: Any, s: config.Settings) -> Any:
 
 
 def _admin_client(s: config.Settings) -> Any:
+    from vaultsync.connection import preflight
     from vaultsync.vault import make_client
 
     client = make_client(s.vault)
     if not client.token:
-        raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), or vault.token_file")
+        raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), vault.token_file, or `vault login` (~/.vault-token)")
+    preflight(client)
     return client
 
 
@@ -367,8 +428,9 @@ def render_cmd(state: State, output: str) -> None:
     Exit 1 if any destination failed (the others are still rendered)."""
     from vaultsync.daemon import render_once
 
+    errors: dict[str, str] = {}
     with tracing.span("vaultsync.render") as sp:
-        results = render_once(state.settings())
+        results = render_once(state.settings(), errors)
         tracing.set_attributes(sp, services=len(results), failures=sum(r == "failure" for d in results.values() for r in d.values()))
     if output == "json":
         click.echo(json.dumps(results, indent=2))
@@ -376,7 +438,9 @@ def render_cmd(state: State, output: str) -> None:
         for service, dests in results.items():
             for path, result in dests.items():
                 click.echo(f"{service}: {path}: {result}")
-    if any(r == "failure" for dests in results.values() for r in dests.values()):
+    for message in errors.values():
+        click.echo(f"error: {vlog.scrub(message)}", err=True)
+    if errors or any(r == "failure" for dests in results.values() for r in dests.values()):
         sys.exit(1)
 
 

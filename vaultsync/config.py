@@ -38,6 +38,9 @@ class VaultSettings:
     capath: str | None = None
     namespace: str | None = None
     tls_verify: bool = True
+    client_cert: str | None = None  # mTLS: PEM certificate, with client_key
+    client_key: str | None = None
+    tls_server_name: str | None = None  # SNI and the name the server's certificate must carry
     timeout: float = 30.0
 
 
@@ -82,8 +85,8 @@ class AuthSettings:
 @dataclass(frozen=True)
 class Destination:
     path: str
-    style: str = "dotenv"  # dotenv | docker | shell | template
-    template: str | None = None  # file holding a string.Template, for style = "template"
+    style: str = "dotenv"  # dotenv | compose | docker | shell | systemd | json | template (vaultsync.formats)
+    template: str | None = None  # file holding a Jinja2 template, for style = "template"
     mode: int = 0o600
     owner: str | int | None = None  # user (name or uid) the file belongs to; default: the user vaultsync runs as
     group: str | int | None = None  # group (name or gid); default: vaultsync's own
@@ -112,6 +115,7 @@ class RotateSpec:
 class ServiceSettings:
     name: str
     kv_path: str
+    optional: bool = False  # a missing kv_path renders as no keys instead of failing (SourceMissing)
     policies: tuple[str, ...] = ()
     token_ttl: float = 3600.0
     token_max_ttl: float = 4 * 3600.0
@@ -191,7 +195,8 @@ def _from_dict(raw: Mapping[str, Any], src: str, base_dir: Path) -> Settings:
     # Files named in the config are relative to the config file, like destinations.
     auth = replace(auth, role_id_file=_rel(auth.role_id_file, base_dir), secret_id_file=_rel(auth.secret_id_file, base_dir))
     vault = replace(vault, token_file=_rel(vault.token_file, base_dir), cacert=_rel(vault.cacert, base_dir),
-                    capath=_rel(vault.capath, base_dir))
+                    capath=_rel(vault.capath, base_dir), client_cert=_rel(vault.client_cert, base_dir),
+                    client_key=_rel(vault.client_key, base_dir))
     if auth.method not in ("token", "approle"):
         raise ConfigError(f"{src}: auth.method must be 'token' or 'approle'")
     daemon = _section(
@@ -359,16 +364,30 @@ def _env(env: Mapping[str, str], name: str) -> str | None:
     return env.get(f"VAULT_{name}") or env.get(f"BAO_{name}") or None
 
 
+_TRUE = ("1", "t", "true", "yes")
+_FALSE = ("0", "f", "false", "no")
+
+
 def _apply_env(s: Settings, env: Mapping[str, str]) -> Settings:
     vault = s.vault
     changes: dict[str, Any] = {}
-    for name, attr in (("ADDR", "addr"), ("TOKEN", "token"), ("CACERT", "cacert"), ("CAPATH", "capath"), ("NAMESPACE", "namespace")):
+    # The Vault CLI's variables (api/client.go ReadEnvironment), each with its OpenBao alias.
+    for name, attr in (("ADDR", "addr"), ("TOKEN", "token"), ("CACERT", "cacert"), ("CAPATH", "capath"),
+                       ("NAMESPACE", "namespace"), ("CLIENT_CERT", "client_cert"), ("CLIENT_KEY", "client_key"),
+                       ("TLS_SERVER_NAME", "tls_server_name")):
         value = _env(env, name)
         if value is not None:
             changes[attr] = value
+    if _env(env, "CAPATH") and not _env(env, "CACERT"):
+        # A CA file wins over a CA folder (as in the Vault CLI), but not one from a lower layer:
+        # VAULT_CAPATH replaces the file's CA settings as a whole.
+        changes["cacert"] = None
     skip = _env(env, "SKIP_VERIFY")
     if skip is not None:  # the environment wins over the file, either way
-        changes["tls_verify"] = skip.strip().lower() not in ("1", "true", "yes")
+        value = skip.strip().lower()
+        if value not in _TRUE + _FALSE:
+            raise ConfigError(f"VAULT_SKIP_VERIFY must be true or false, not {skip!r}"[:120])
+        changes["tls_verify"] = value not in _TRUE
     return replace(s, vault=replace(vault, **changes))
 
 
@@ -383,12 +402,24 @@ def _apply_overrides(s: Settings, overrides: Mapping[str, Any]) -> Settings:
 
 
 def resolve_token(vault: VaultSettings) -> str | None:
-    """The token from the environment/flags, else from ``token_file``."""
+    """The token, from the first source that has one (see :func:`token_with_source`)."""
+    return token_with_source(vault)[0]
+
+
+def token_with_source(vault: VaultSettings) -> tuple[str | None, str]:
+    """The token and where it came from, in the Vault CLI's order: ``VAULT_TOKEN``/``BAO_TOKEN``,
+    then ``vault.token_file``, then ``~/.vault-token`` (what ``vault login`` writes)."""
     if vault.token:
-        return vault.token
+        return vault.token, "environment (VAULT_TOKEN/BAO_TOKEN)"
     if vault.token_file:
         try:
-            return Path(vault.token_file).read_text(encoding="utf-8").strip() or None
+            return Path(vault.token_file).read_text(encoding="utf-8").strip() or None, f"token_file {vault.token_file}"
         except OSError as exc:
             raise ConfigError(f"{vault.token_file}: cannot read token file: {exc.strerror}") from None
-    return None
+    helper = Path.home() / ".vault-token"
+    try:
+        return helper.read_text(encoding="utf-8").strip() or None, str(helper)
+    except FileNotFoundError:
+        return None, "none"
+    except OSError as exc:
+        raise ConfigError(f"{helper}: cannot read token file: {exc.strerror}") from None

@@ -34,11 +34,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from vaultsync import __version__, auth, config, formats, leases, render, rotation, tracing
 from vaultsync.config import Destination, ServiceSettings, Settings
-from vaultsync.errors import VaultError, VaultsyncError
+from vaultsync.errors import SourceMissing, VaultError, VaultsyncError
 from vaultsync.logging import forget_secret, get_logger, register_secret
 from vaultsync.metrics import HealthServer, Metrics, read_status_token
 from vaultsync.safefs import resolve_owner
-from vaultsync.vault import KV, describe, detect_kv_version, make_client, renew_lease, revoke_lease
+from vaultsync.vault import KV, describe, detect_kv_version, make_client, read_source, renew_lease, revoke_lease
 
 log = get_logger("vaultsync.daemon")
 
@@ -81,6 +81,7 @@ class ServiceState:
     kv_version: int = 0
     kv_loaded: bool = False  # a read succeeded (the secret may still be absent)
     kv_attempt: int = 0
+    kv_missing: bool = False  # the last read found no secret at kv_path (and it is not optional)
     issue_attempts: dict[str, int] = field(default_factory=dict)  # consecutive failed reads per dynamic secret
     leases: dict[str, Lease] = field(default_factory=dict)
     destinations: dict[str, DestinationState] = field(default_factory=dict)
@@ -141,6 +142,7 @@ class Daemon:
         self._started = threading.Event()  # every configured service was read and rendered once
         self._secret_id: str | None = None  # kept for logins after max TTL (its file may be gone)
         self._secret_id_stat: tuple[int, int] | None = None  # (inode, mtime) of the file it came from
+        self._static_token_told = False  # said once that a static token cannot log in again
         self._login_gen = 0  # bumped by every login that yields a different token
         self.scheduler = BackgroundScheduler(
             executors={"default": APThreadPool(8)},
@@ -278,7 +280,7 @@ class Daemon:
         with self._lock:
             self.token = TokenInfo(state=state, expires_at=now + state.ttl if state.ttl else None, granted=state.ttl)
             self.token.decision = leases.plan_new_lease(state.ttl, renewable=state.renewable, now=now, rng=self.rng)
-        self.metrics.token_expiry.set(self.token.expires_at or 0)
+        self.metrics.record_token(ttl=state.ttl, expires_at=self.token.expires_at, due=self.token.decision.at)
         log.info("logged in", method=method, ttl=state.ttl, renewable=state.renewable, policies=list(state.policies))
         self._schedule_token()
         return True
@@ -322,12 +324,18 @@ class Daemon:
         with self._lock:
             self.token = TokenInfo(state=state, expires_at=now + new.ttl if new.ttl else None, granted=new.ttl,
                                    decision=decision, last_renewal=now)
-        self.metrics.token_expiry.set(self.token.expires_at or 0)
+        self.metrics.record_token(ttl=new.ttl, expires_at=self.token.expires_at, due=decision.at)
         log.info("token renewed", ttl=new.ttl, next=decision.action.value, in_s=round(decision.delay or 0, 2), max_ttl_reached=decision.max_ttl_reached)
         self._schedule_token()
 
     def _relogin(self, why: str) -> bool:
         log.info("logging in again", reason=why)
+        if self.settings.auth.method == "token" and not self._static_token_told:
+            # A static token cannot be replaced by logging in: say so once, not on every attempt.
+            self._static_token_told = True
+            log.error("static token cannot log in again", reason=why,
+                      fix="give vaultsync a periodic token (vault token create -period=24h ...) "
+                          "or use auth.method = 'approle'; it stops working when this token expires")
         gen = self._login_gen
         if self._login():
             if self._login_gen == gen:
@@ -385,16 +393,18 @@ class Daemon:
         if st is None or self.kv is None:
             return
         try:
-            secret = self.kv.read(st.settings.kv_path)
-        except VaultError as exc:
+            secret = read_source(self.kv, st.settings.kv_path, service=service, optional=st.settings.optional)
+        except (VaultError, SourceMissing) as exc:
+            # A missing secret is retried like a failing server, and the files keep what they hold.
             st.kv_attempt += 1
+            st.kv_missing = isinstance(exc, SourceMissing)
             # Back off beyond the poll interval while the server fails, up to the cap.
             delay = max(leases.backoff_delay(st.kv_attempt - 1, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng), self.settings.daemon.poll_interval)
             log.warning("kv read failed", service=service, error=str(exc), retry_in=round(delay, 2))
             self._at(f"kv:{service}", self.clock() + delay, self._kv_job, service)
             return
         recovering = st.kv_attempt > 0
-        st.kv_attempt = 0
+        st.kv_attempt, st.kv_missing = 0, False
         interval = self.settings.daemon.poll_interval
         self._at(f"kv:{service}", self.clock() + interval * self.rng.uniform(0.9, 1.0), self._kv_job, service)
         with st.lock:
@@ -456,7 +466,7 @@ class Daemon:
         with st.lock:
             old = st.leases.get(name)
             st.leases[name] = lease
-        self.metrics.lease_expiry.labels(service, name).set(lease.expires_at if ttl else 0)
+        self.metrics.record_lease(service, name, ttl=ttl, expires_at=lease.expires_at, due=decision.at)
         log.info("dynamic secret issued", service=service, secret=name, ttl=ttl, renewable=lease.renewable)
         self._schedule_lease(lease)  # before rendering: nothing a render does can drop the lease
         if not initial:
@@ -524,7 +534,7 @@ class Daemon:
         decision = leases.reissue_early(decision, now=now, lead=self.settings.daemon.lease_revoke_grace + 1.0)
         lease.decision, lease.expires_at, lease.granted = decision, now + returned, returned
         lease.last_renewal, lease.attempt = now, 0
-        self.metrics.lease_expiry.labels(service, name).set(lease.expires_at)
+        self.metrics.record_lease(service, name, ttl=returned, expires_at=lease.expires_at, due=decision.at)
         log.info("lease renewed", service=service, secret=name, ttl=returned, next=decision.action.value,
                  in_s=round(decision.delay or 0, 2), max_ttl_reached=decision.max_ttl_reached)
         self._schedule_lease(lease)
@@ -676,7 +686,11 @@ class Daemon:
     def ready(self) -> bool:
         if self.token.state is None or not self._started.is_set():
             return False
-        return all(ds.last_success is not None for st in list(self.services.values()) for ds in st.destinations.values())
+        if self.metrics.registry.get_sample_value("vaultsync_vault_up") == 0:
+            return False  # the last request did not reach the server (down, sealed, no leader)
+        services = list(self.services.values())
+        return not any(st.kv_missing for st in services) and all(
+            ds.last_success is not None for st in services for ds in st.destinations.values())
 
     def status(self) -> dict[str, Any]:
         now = self.clock()
@@ -735,17 +749,22 @@ def write_destination(dest: Destination, values: dict[str, str], *, service: str
             assert dest.template is not None
             with open(dest.template, encoding="utf-8") as f:
                 template = f.read()
-        text = formats.render(dest.style, values, template=template, destination=dest.path)
+        left_out: list[str] = []
+        text = formats.render(dest.style, values, template=template, destination=dest.path, template_name=dest.template,
+                              warn=left_out.append)
         written = render.atomic_write(dest.path, text.encode("utf-8"), mode=dest.mode, backup=dest.backup,
                                       owner=resolve_owner(dest.owner, dest.group))
+        for msg in left_out if written else ():  # once per change, not on every poll
+            log.warning("key left out", service=service, detail=msg)
     except (VaultsyncError, OSError, ValueError) as exc:
         return RenderOutcome("failure", str(exc) if not isinstance(exc, OSError) else f"{dest.path}: {exc.strerror}")
     return RenderOutcome("success" if written else "unchanged")
 
 
-def render_once(settings: Settings) -> dict[str, dict[str, str]]:
+def render_once(settings: Settings, errors: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
     """`vaultsync render`: log in, read each service's secrets once, render every destination,
-    run hooks for files that changed. Returns {service: {destination: result}}.
+    run hooks for files that changed. Returns {service: {destination: result}}; ``errors``, if
+    given, gets {service: message} for services that failed before rendering (e.g. SourceMissing).
     Dynamic secrets are issued fresh each run (their leases are left to expire)."""
     d = Daemon(settings, serve_http=False)
     if not d._login():
@@ -758,13 +777,15 @@ def render_once(settings: Settings) -> dict[str, dict[str, str]]:
         d.services[svc.name] = st
         assert d.kv is not None
         try:
-            secret = d.kv.read(svc.kv_path)
+            secret = read_source(d.kv, svc.kv_path, service=svc.name, optional=svc.optional)
             st.kv_data, st.kv_version, st.kv_loaded = secret.data, secret.version, True
             for name in svc.dynamic:
                 if not d._issue(svc.name, name, initial=True):
                     raise VaultError(f"could not read dynamic secret {name!r} (see the log)")
         except VaultsyncError as exc:  # this service fails; the others are still rendered
             log.error("render failed", service=svc.name, error=str(exc))
+            if errors is not None:
+                errors[svc.name] = str(exc)
             results[svc.name] = {dest.path: "failure" for dest in svc.destinations}
             continue
         for dest in svc.destinations:

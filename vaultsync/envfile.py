@@ -7,19 +7,25 @@ of an error message.
 
 What is accepted is exactly what python-dotenv accepts: ``export`` prefixes,
 single/double quotes with their escapes, multi-line quoted values (PEM keys),
-CRLF line ends, a UTF-8 byte-order mark, ``#`` comments, ``=`` inside values and
-empty values. ``${VAR}`` is kept literally unless interpolation is asked for.
+CRLF and lone-CR line ends (python-dotenv opens files in text mode, so both
+become LF, inside quoted multi-line values too), a UTF-8 byte-order mark, ``#``
+comments, ``=`` inside values and empty values. ``${VAR}`` is kept literally
+unless interpolation is asked for; then it is resolved from the keys defined
+earlier in the same file only (python-dotenv would also read the whole process
+environment, where VAULT_TOKEN lives), plus names the caller allows explicitly.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dotenv.main import resolve_variables
 from dotenv.parser import parse_stream
+from dotenv.variables import Variable, parse_variables
 
 from vaultsync.errors import ParseError
 
@@ -47,17 +53,23 @@ class EnvFile:
         return {e.key: e.value for e in self.entries}
 
 
-def parse(path: str | Path, *, strict: bool = False, interpolate: bool = False) -> EnvFile:
+def parse(
+    path: str | Path, *, strict: bool = False, interpolate: bool = False, interpolate_env: Collection[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> EnvFile:
     """Read ``path``; raise :class:`ParseError` on anything python-dotenv would skip."""
     path = str(path)
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise ParseError(path, 0, f"cannot read file: {exc.strerror}") from None
-    return parse_bytes(raw, path, strict=strict, interpolate=interpolate)
+    return parse_bytes(raw, path, strict=strict, interpolate=interpolate, interpolate_env=interpolate_env, environ=environ)
 
 
-def parse_bytes(raw: bytes, path: str, *, strict: bool = False, interpolate: bool = False) -> EnvFile:
+def parse_bytes(
+    raw: bytes, path: str, *, strict: bool = False, interpolate: bool = False, interpolate_env: Collection[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> EnvFile:
     text = _decode(raw, path)
     entries: list[Entry] = []
     seen: dict[str, int] = {}
@@ -80,9 +92,39 @@ def parse_bytes(raw: bytes, path: str, *, strict: bool = False, interpolate: boo
         seen[binding.key] = line
         entries.append(Entry(binding.key, binding.value, line))
     if interpolate:
-        resolved = resolve_variables(((e.key, e.value) for e in entries), override=True)
-        entries = [Entry(e.key, resolved[e.key] or "", e.line) for e in entries]
+        entries = _interpolate(entries, path, interpolate_env, os.environ if environ is None else environ)
     return EnvFile(path, tuple(entries), tuple(duplicates))
+
+
+def _interpolate(entries: list[Entry], path: str, allowed: Collection[str], environ: Mapping[str, str]) -> list[Entry]:
+    """Expand ``${NAME}``/``${NAME:-default}`` as python-dotenv does (override=True: the
+    file's own earlier keys win over the environment), but look names up only in the
+    file's earlier keys and in the environment variables named in ``allowed``. Any other
+    reference is an error naming file:line and the variable, never a value."""
+    defined: dict[str, str] = {}
+    out: list[Entry] = []
+    for entry in entries:
+        scope: dict[str, str | None] = {}
+        for atom in parse_variables(entry.value):
+            if not isinstance(atom, Variable) or atom.name in defined:
+                continue
+            if atom.name in allowed and atom.name in environ:
+                scope[atom.name] = environ[atom.name]
+            elif atom.name not in allowed:
+                raise ParseError(path, entry.line, _unresolved(entry.key, atom.name))
+        value = "".join(atom.resolve({**scope, **defined}) for atom in parse_variables(entry.value))
+        defined[entry.key] = value
+        out.append(Entry(entry.key, value, entry.line))
+    return out
+
+
+def _unresolved(key: str, name: str) -> str:
+    # "${...}" may be part of a password rather than a reference: show only what is a variable name.
+    if not _KEY.match(name):
+        return (f"{key} holds a ${{...}} that is not a variable name (not shown); --interpolate expands every "
+                "${...}: migrate without it to store the value literally")
+    return (f"{key} refers to ${{{name}}}, which is not defined earlier in this file; --interpolate "
+            f"reads no environment variable unless allowed with --interpolate-env {name}")
 
 
 def _decode(raw: bytes, path: str) -> str:
@@ -93,7 +135,9 @@ def _decode(raw: bytes, path: str) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ParseError(path, raw.count(b"\n", 0, exc.start) + 1, "invalid UTF-8") from None
-    return text[1:] if text.startswith(_BOM) else text
+    text = text[1:] if text.startswith(_BOM) else text
+    # What open(path) in text mode (python-dotenv's way) does: universal newlines.
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _first_content_line(original: str, line: int) -> int:

@@ -44,3 +44,23 @@ class Conflict(VaultsyncError):
 
 class VaultError(VaultsyncError):
     """The server refused or failed a request (permission denied, sealed, down)."""
+
+
+class TokenInvalid(VaultError):
+    """The server refused the token itself: invalid, expired or revoked (not a missing policy)."""
+
+
+class SourceMissing(VaultsyncError):
+    """A service's KV path holds nothing (typo, deleted, not migrated yet).
+
+    Rendering it would write an empty env file and a restarted service would
+    lose its whole environment, so it is a failure unless the source is
+    marked ``optional = true``. ``str()`` names the service and the path.
+    """
+
+    def __init__(self, service: str, path: str) -> None:
+        self.service, self.path = service, path
+        super().__init__(
+            f"service {service}: secret {path} does not exist (not migrated yet, or a typo in kv_path?); "
+            "nothing rendered. Set optional = true on the service to render it empty instead"
+        )

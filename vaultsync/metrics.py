@@ -31,6 +31,13 @@ class Metrics:
         r = self.registry = registry or CollectorRegistry()
         self.lease_expiry = Gauge("vaultsync_lease_expiry_timestamp_seconds", "When the current lease of a dynamic secret expires (unix time).", ["service", "secret"], registry=r)
         self.token_expiry = Gauge("vaultsync_token_expiry_timestamp_seconds", "When the daemon's token expires (unix time; 0: never).", registry=r)
+        # What "healthy" means for each lease and the token, for the alert rules: the TTL the last
+        # successful issue/renewal granted and when it planned the next one. Neither moves on a
+        # failed attempt, so a stalled lease shows an ever older due time.
+        self.lease_ttl = Gauge("vaultsync_lease_ttl_seconds", "Lease duration granted by the last successful issue or renewal (0: never expires).", ["service", "secret"], registry=r)
+        self.lease_due = Gauge("vaultsync_lease_renewal_due_timestamp_seconds", "When the last successful issue or renewal planned the next renewal or re-issue (unix time; 0: none planned).", ["service", "secret"], registry=r)
+        self.token_ttl = Gauge("vaultsync_token_ttl_seconds", "Token TTL granted by the last successful login or renewal (0: never expires).", registry=r)
+        self.token_due = Gauge("vaultsync_token_renewal_due_timestamp_seconds", "When the last successful login or renewal planned the next renewal or re-login (unix time; 0: none planned).", registry=r)
         self.renewals = Counter("vaultsync_renewals", "Token and lease renewals.", ["kind", "result"], registry=r)
         self.logins = Counter("vaultsync_logins", "Logins to the server.", ["method", "result"], registry=r)
         self.renders = Counter("vaultsync_render", "Renders of a destination file (result: success, unchanged, failure).", ["service", "destination", "result"], registry=r)
@@ -47,6 +54,18 @@ class Metrics:
         for result in ("ok", "error"):
             self.requests.labels(result)
 
+    def record_lease(self, service: str, secret: str, *, ttl: float, expires_at: float | None, due: float | None) -> None:
+        """A lease was issued or renewed: its expiry, granted TTL and planned next action."""
+        self.lease_expiry.labels(service, secret).set(expires_at if ttl and expires_at else 0)
+        self.lease_ttl.labels(service, secret).set(ttl or 0)
+        self.lease_due.labels(service, secret).set(due if ttl and due else 0)
+
+    def record_token(self, *, ttl: float, expires_at: float | None, due: float | None) -> None:
+        """The token was issued (login) or renewed."""
+        self.token_expiry.set(expires_at if ttl and expires_at else 0)
+        self.token_ttl.set(ttl or 0)
+        self.token_due.set(due if ttl and due else 0)
+
     def prime(self, method: str, services: Iterable[Any]) -> None:
         """Create every known series at 0 so alerts on rate() and absent() behave from the start."""
         for result in ("success", "failure"):
@@ -61,7 +80,8 @@ class Metrics:
     def forget_service(self, svc: Any) -> None:
         """Drop a removed service's series (after a reload), so stale expiries cannot alert."""
         for name in svc.dynamic:
-            _remove(self.lease_expiry, svc.name, name)
+            for gauge in (self.lease_expiry, self.lease_ttl, self.lease_due):
+                _remove(gauge, svc.name, name)
         _remove(self.secret_version, svc.name, "kv")
         for dest in svc.destinations:
             _remove(self.last_render_success, svc.name, dest.name)

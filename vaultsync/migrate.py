@@ -94,13 +94,13 @@ def service_for(file: str) -> str:
 
 def build_targets(
     sources: Sequence[SourceSpec], *, prefix: str, strict: bool = False, interpolate: bool = False,
-    max_secret_bytes: int = 512 * 1024, warn: Callable[[str], None] = lambda _m: None,
+    interpolate_env: Sequence[str] = (), max_secret_bytes: int = 512 * 1024, warn: Callable[[str], None] = lambda _m: None,
 ) -> list[Target]:
     """Parse every source and group keys into secrets. Raises BadInput before any write."""
     grouped: dict[str, dict[str, str]] = {}
     origins: dict[str, dict[str, str]] = {}
     for spec in sources:
-        env = envfile.parse(spec.file, strict=strict, interpolate=interpolate)
+        env = envfile.parse(spec.file, strict=strict, interpolate=interpolate, interpolate_env=interpolate_env)
         for key, first, later in env.duplicates:
             warn(f"{spec.file}:{later}: duplicate key {key} (first on line {first}); the last one wins")
         base = spec.path or "/".join(p for p in (prefix, spec.service or service_for(spec.file)) if p)
@@ -135,6 +135,23 @@ def build_targets(
                 "(KV storage refuses large entries); split it with [migrate.sources] split = {{...}}"
             )
     return targets
+
+
+def style_warnings(targets: Iterable[Target]) -> list[str]:
+    """One line per (secret, style) naming the keys that style cannot carry, and why, so
+    nobody learns it at render time. Names keys and file:line, never values."""
+    from vaultsync.formats import refusals
+
+    lines = []
+    for t in targets:
+        for style, keys in refusals(t.data).items():
+            reasons: dict[str, list[str]] = {}
+            for key, why in keys.items():
+                reasons.setdefault(why, []).append(f"{key} ({t.origins.get(key, '?')})")
+            for why, where in reasons.items():
+                shown = ", ".join(where[:5]) + (f" and {len(where) - 5} more" if len(where) > 5 else "")
+                lines.append(f"{t.path}: the {style} style cannot carry {shown}: {why}")
+    return lines
 
 
 # --- planning -----------------------------------------------------------------------

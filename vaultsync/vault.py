@@ -17,31 +17,37 @@ import hvac.exceptions
 import requests
 from requests.adapters import HTTPAdapter
 
-from vaultsync.config import VaultSettings, resolve_token
-from vaultsync.errors import BadInput, ConfigError, Conflict, VaultError
-from vaultsync.logging import register_secret, remember_secret
+from vaultsync import connection
+from vaultsync.config import VaultSettings, token_with_source
+from vaultsync.errors import BadInput, ConfigError, Conflict, SourceMissing, TokenInvalid, VaultError
+from vaultsync.logging import get_logger, register_secret, remember_secret
+
+log = get_logger()
 
 
 def make_client(settings: VaultSettings, *, pool_size: int = 10, token: str | None = None, adapter: HTTPAdapter | None = None) -> hvac.Client:
     """An hvac client with TLS verification on unless the settings turn it off.
-    ``adapter`` replaces the connection pool (the daemon passes one that counts requests)."""
+    ``adapter`` replaces the connection pool (the daemon passes one that counts requests).
+    Bad addresses and unreadable CA/certificate files fail here, before any request."""
+    addr = connection.check_addr(settings.addr)
     session = requests.Session()
     # requests re-reads every proxy variable of the environment on each request when
     # trust_env is on (a measurable share of a migration's CPU); resolve them once.
-    proxies = requests.utils.get_environ_proxies(settings.addr)
+    proxies = requests.utils.get_environ_proxies(addr)
     session.trust_env = False
     adapter = adapter or HTTPAdapter(pool_connections=1, pool_maxsize=max(pool_size, 1))
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    verify: bool | str = settings.tls_verify
-    if settings.tls_verify and (settings.cacert or settings.capath):
-        verify = settings.cacert or settings.capath or True
-    token = token if token is not None else resolve_token(settings)
+    connection.configure_session(session, adapter, settings)
+    if token is None:
+        token, source = token_with_source(settings)
+        log.debug("token source", source=source)
     register_secret(token)
     return hvac.Client(
-        url=settings.addr,
-        token=token,
-        verify=verify,
+        url=addr,
+        token=token or "",  # never None: hvac would read ~/.vault-token behind our back
+        verify=session.verify,
+        cert=session.cert,
         namespace=settings.namespace,
         timeout=settings.timeout,
         session=session,
@@ -49,23 +55,24 @@ def make_client(settings: VaultSettings, *, pool_size: int = 10, token: str | No
     )
 
 
-def describe(exc: Exception, action: str) -> VaultError:
-    """Turn an hvac/requests error into a VaultError that says what failed, without bodies."""
+def describe(exc: Exception, action: str, *, needs: str | None = None) -> VaultError:
+    """Turn an hvac/requests error into a VaultError that says what failed, without bodies.
+    ``needs`` names the capability and policy path the action takes (for permission errors)."""
+    if connection.token_refused(exc):
+        return TokenInvalid(f"invalid token (expired, revoked or wrong; refused by the server): {action}")
     if isinstance(exc, hvac.exceptions.Forbidden):
-        return VaultError(f"permission denied: {action} (check the token's policies)")
+        return VaultError(f"permission denied: {action} (the token's policies do not grant {needs})" if needs
+                          else f"permission denied: {action} (check the token's policies)")
+    transport = connection.explain_transport(exc)
+    if transport:
+        return VaultError(f"{transport} ({action})")
     if isinstance(exc, hvac.exceptions.VaultDown):
-        return VaultError(f"server sealed or in standby: {action}")
+        return VaultError(f"server sealed or in standby: {connection.server_of(exc)} has no active node to answer (unseal it, or wait for an election): {action}")
     if isinstance(exc, hvac.exceptions.RateLimitExceeded):
         return VaultError(f"rate limited by the server: {action}")
     if isinstance(exc, hvac.exceptions.VaultError):
         errors = "; ".join(str(e) for e in (exc.errors or [])) or type(exc).__name__
         return VaultError(f"{action}: {errors}")
-    if isinstance(exc, requests.exceptions.SSLError):
-        return VaultError(f"TLS verification failed: {action} (set VAULT_CACERT to the server's CA)")
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        return VaultError(f"cannot reach the server: {action}")
-    if isinstance(exc, requests.exceptions.Timeout):
-        return VaultError(f"request timed out: {action}")
     return VaultError(f"{action}: {type(exc).__name__}")
 
 
@@ -101,9 +108,10 @@ def detect_kv_version(client: hvac.Client, mount: str) -> int:
     try:
         resp = client.adapter.get(f"/v1/sys/internal/ui/mounts/{mount.strip('/')}")
     except Exception as exc:  # noqa: BLE001 - mapped to a message below
-        if isinstance(exc, (hvac.exceptions.Forbidden, hvac.exceptions.InvalidPath)):
+        if isinstance(exc, (hvac.exceptions.Forbidden, hvac.exceptions.InvalidPath)) and not connection.token_refused(exc):
             raise ConfigError(
-                f"cannot read the KV version of mount {mount!r} (no access to it, or no such mount); "
+                f"cannot read the KV version of mount {mount!r} (no access to it, or no such mount: "
+                f"sys/internal/ui/mounts/{mount.strip('/')} answers to any capability on the mount); "
                 "pass --kv-version 1 or 2"
             ) from None
         raise describe(exc, f"look up mount {mount}") from None
@@ -144,7 +152,7 @@ class KV:
                 return Secret(path, None, int(meta.get("version") or 0))
             return Secret(path, None, 0)
         except Exception as exc:  # noqa: BLE001
-            raise describe(exc, f"read {self.mount}/{path}") from None
+            raise describe(exc, f"read {self.mount}/{path}", needs=f"'read' on {self._policy_path(path)}") from None
 
     def list(self, folder: str) -> list[str] | None:
         """Names directly under ``folder`` (sub-folders end in ``/``); [] when empty,
@@ -183,7 +191,11 @@ class KV:
                 raise Conflict(f"{self.mount}/{path} changed since it was read (check-and-set failed)") from None
             raise describe(exc, f"write {self.mount}/{path}") from None
         except Exception as exc:  # noqa: BLE001
-            raise describe(exc, f"write {self.mount}/{path}") from None
+            raise describe(exc, f"write {self.mount}/{path}",
+                           needs=f"'create' and 'update' on {self._policy_path(path)}") from None
+
+    def _policy_path(self, path: str) -> str:
+        return f"{self.mount}/data/{path}" if self.version == 2 else f"{self.mount}/{path}"
 
     def policy_paths(self, path: str) -> dict[str, list[str]]:
         """The policy paths (and capabilities) that read ``path`` on this mount."""
@@ -225,3 +237,13 @@ def revoke_lease(client: hvac.Client, lease_id: str) -> None:
     except hvac.exceptions.Forbidden:
         client.adapter.put("/v1/sys/leases/revoke", json={"lease_id": lease_id})
 
+
+def read_source(kv: KV, path: str, *, service: str, optional: bool = False) -> Secret:
+    """Read a service's KV secret; a missing one raises :class:`SourceMissing` unless ``optional``.
+
+    The one place that decides what "missing" means, for ``render`` and the daemon alike.
+    """
+    secret = kv.read(path)
+    if secret.data is None and not optional:
+        raise SourceMissing(service, f"{kv.mount}/{secret.path}")
+    return secret
