@@ -94,7 +94,8 @@ def test_every_grant_of_the_generated_daemon_policy_is_needed(layout, root, vaul
         without = text.replace(block, "")
         denied = _daemon_requests(_token(root, vault_server, without), settings)
         assert denied, f"grant not needed by any daemon request:\n{block}"
-        assert all("permission denied" in e or "no access" in e for e in denied.values()), denied
+        # (a token that may not look itself up reads as invalid: the server answers 403 to both)
+        assert all(any(w in e for w in ("permission denied", "no access", "invalid token")) for e in denied.values()), denied
 
 
 def test_the_generated_daemon_policy_allows_nothing_more(layout, root, vault_server, kv2):

@@ -21,11 +21,14 @@ import logging
 import re
 import sys
 import threading
+import urllib.parse
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
+
+from vaultsync import quoting
 
 REDACTED = "[redacted]"
 
@@ -91,8 +94,13 @@ def _escaped_forms(text: str) -> set[str]:
         backslashed.replace('"', '\\"').replace("$", "\\$").replace("`", "\\`").replace("\n", "\\n"),  # shell/systemd double
         text.replace("'", "'\\''"),  # shell single quotes
         text.replace("$", "$$"),  # compose's escape for a literal $
-        backslashed.replace('"', '\\"').replace("\n", "\\n").replace("$", "$$"),  # double quotes, $$ for $ (systemd)
+        backslashed.replace('"', '\\"').replace("\n", "\\n").replace("$", "$$"),  # double quotes, $$ for $
+        urllib.parse.quote(text, safe=""),  # the templates' urlquote filter
     }
+    # Exactly what each style writes: the quoting functions the renderers themselves use.
+    for quote in (quoting.quote_dotenv, quoting.quote_compose, quoting.quote_shell, quoting.quote_systemd):
+        quoted = quote(text)
+        forms |= {quoted, quoted[1:-1]}
     for form in list(forms):
         if "\n" in form or "\r" in form:
             forms |= {line for line in re.split(r"\r\n|\r|\n", form) if len(line.strip()) >= _MIN_LINE_LEN}
