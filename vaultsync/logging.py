@@ -98,9 +98,9 @@ def _escaped_forms(text: str) -> set[str]:
         urllib.parse.quote(text, safe=""),  # the templates' urlquote filter
     }
     # Exactly what each style writes: the quoting functions the renderers themselves use.
+    # (inside the quotes: a quoted form contains its inner one, so scrubbing that is enough)
     for quote in (quoting.quote_dotenv, quoting.quote_compose, quoting.quote_shell, quoting.quote_systemd):
-        quoted = quote(text)
-        forms |= {quoted, quoted[1:-1]}
+        forms.add(quote(text)[1:-1])
     for form in list(forms):
         if "\n" in form or "\r" in form:
             forms |= {line for line in re.split(r"\r\n|\r|\n", form) if len(line.strip()) >= _MIN_LINE_LEN}
