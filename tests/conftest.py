@@ -195,3 +195,36 @@ def fresh_vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server of this test's own (server mode, TLS, same CA), for tests that change server-wide
     state (e.g. pruning policies) or stop, seal and restart it."""
     yield from _server_mode(devserver.find_server_binary(), tmp_path_factory.mktemp("vault-own"), session_ca(tmp_path_factory))
+
+
+@dataclass(frozen=True)
+class LocalUser:
+    name: str
+    uid: int
+    gid: int
+
+    def run(self, *argv: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` as this user (setuid in the child: no su/sudo needed)."""
+        return subprocess.run(list(argv), user=self.uid, group=self.gid, extra_groups=[], capture_output=True, text=True,
+                              env={"PATH": "/usr/bin:/bin"}, check=False, **kwargs)  # type: ignore[call-overload]
+
+
+@pytest.fixture(scope="session")
+def other_user() -> Iterator[LocalUser]:
+    """A second, unprivileged OS user (created for this session, removed after): the local attacker
+    of the security tests. The tests run as root, as the daemon does in production."""
+    if os.geteuid() != 0:
+        pytest.fail("the security tests need root (to create a second OS user and to run as a root daemon does)",
+                    pytrace=False)
+    import pwd
+
+    name = f"vs{uuid.uuid4().hex[:8]}"
+    made = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.fail(f"useradd {name} failed: {made.stderr.strip()}", pytrace=False)
+    try:
+        entry = pwd.getpwnam(name)
+        yield LocalUser(name, entry.pw_uid, entry.pw_gid)
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)

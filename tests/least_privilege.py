@@ -1,4 +1,5 @@
-"""Least-privilege tokens for the tests, made from the policies vaultsync ships (policies/*.hcl).
+"""Least-privilege tokens for the tests, made from the policies vaultsync ships (policies/*.hcl) or
+generates (the daemon's).
 
 The shipped policies name the default layout (KV v2 mount ``secret``, prefix ``compose``, database
 mount ``database``). Tests run on fresh mounts, so each policy is installed under a unique name with
@@ -49,7 +50,21 @@ def migrator_token(root: hvac.Client, kv_mount: str, kv_version: int = 2, prefix
     return token_for(root, policy, default_policy=False)
 
 
+def daemon_policy_text(kv_mount: str, db_mount: str = "database", prefix: str = "compose") -> str:
+    """The daemon's policy as `policies apply` generates it (vaultsync.policies.daemon_policy), for a
+    config whose one service stands for all of them: ``+`` matches any one path segment, so it fits
+    every service, database role and rotated key of the layout (and every test's fresh mounts)."""
+    from vaultsync import config, policies, vault
+
+    anyone = config.ServiceSettings(name="+", kv_path=f"{prefix}/+", dynamic={"db": f"{db_mount}/creds/+"},
+                                    rotate=(config.RotateSpec(key="+"),))
+    settings = config.Settings(kv=config.KVSettings(mount=kv_mount, version=2, prefix=prefix), services={"+": anyone})
+    return policies.daemon_policy(settings, vault.KV(None, kv_mount, 2))  # type: ignore[arg-type]
+
+
 def daemon_token(root: hvac.Client, kv_mount: str, db_mount: str = "database", ttl: str = "30m", **extra: object) -> str:
-    """The daemon's identity: the shipped daemon policy (+ default, which grants renew-self and sys/leases/renew)."""
-    policy = install_policy(root, "vaultsync-daemon", kv_mount=kv_mount, db_mount=db_mount)
-    return token_for(root, policy, ttl=ttl, **extra)
+    """The daemon's identity: its generated policy (see :func:`daemon_policy_text`) and no ``default``
+    policy, as the AppRole `policies apply` writes for it."""
+    policy = f"vaultsync-daemon-{uuid.uuid4().hex[:8]}"
+    root.sys.create_or_update_acl_policy(policy, daemon_policy_text(kv_mount, db_mount))
+    return token_for(root, policy, ttl=ttl, default_policy=False, **extra)

@@ -29,8 +29,9 @@ HOOK = [sys.executable, "-c", "import sys, time; open(sys.argv[1], 'a').write(f'
 
 
 def short_token(root: hvac.Client, ttl: str = "1h") -> str:
-    """The daemon's identity in these tests: a renewable token with the shipped daemon policy (plus
-    default), its KV and database mounts widened to ``+`` so it fits every test's fresh mounts."""
+    """The daemon's identity in these tests: a renewable token with the daemon policy vaultsync
+    generates (no default policy), its KV and database mounts widened to ``+`` so it fits every
+    test's fresh mounts."""
     return daemon_token(root, kv_mount="+", db_mount="+", ttl=ttl)
 
 

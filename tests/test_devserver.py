@@ -36,3 +36,27 @@ def test_dev_up_prints_exports_reuses_the_running_server_and_down_stops_it(tmp_p
         down = run_cli("dev", "down", env=env)
     assert down.code == 0 and down.stdout.strip() == "stopped"
     assert run_cli("dev", "down", env=env).stdout.strip() == "no dev server was running"
+
+
+def test_dev_up_tightens_permissive_modes_of_existing_state_and_log_files(tmp_path: Path):
+    """The log and the state file hold the root token: modes left wide by an older run or a
+    careless copy are reset, not kept."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    env.update(HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache"), VAULTSYNC_SERVER_BIN=devserver.find_server_binary())
+    state = tmp_path / "cache" / "vaultsync" / "dev"
+    state.mkdir(parents=True, mode=0o755)
+    state.chmod(0o755)
+    port = free_port()
+    log = state / f"server-{port}.log"
+    log.write_text("old log\n")
+    log.chmod(0o644)
+    (state / "server.json").write_text("{}")
+    (state / "server.json").chmod(0o644)
+    up = run_cli("dev", "up", "--port", str(port), env=env)
+    try:
+        assert up.code == 0, up.output
+        assert state.stat().st_mode & 0o777 == 0o700
+        assert log.stat().st_mode & 0o777 == 0o600
+        assert (state / "server.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        run_cli("dev", "down", env=env)

@@ -11,7 +11,7 @@ import hvac.exceptions
 import pytest
 
 from tests.conftest import run_cli
-from vaultsync import auth, config
+from vaultsync import auth, config, policies
 from vaultsync.config import AuthSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ def test_twenty_services_each_read_only_their_own_secret(kv2, root, cli, vault_s
     empty.mkdir()
     res = cli("--config", str(cfg), "policies", "apply", str(empty))
     assert res.code == 0, res.output
-    assert "(mount will be enabled)" in res.stdout and "Applied 20 policies" in res.stdout
+    assert "(mount will be enabled)" in res.stdout and "Applied 21 policies" in res.stdout  # 20 services + the daemon
 
     clients = {}
     for n in names:
@@ -66,7 +66,7 @@ def test_twenty_services_each_read_only_their_own_secret(kv2, root, cli, vault_s
         with pytest.raises(hvac.exceptions.Forbidden):
             client.sys.list_acl_policies()
         token = client.auth.token.lookup_self()["data"]
-        assert token["num_uses"] == 0 and token["policies"] == ["default", f"vaultsync-svc-{n}"]
+        assert token["num_uses"] == 0 and token["policies"] == [f"vaultsync-svc-{n}"]  # no default policy
 
 
 def test_generated_policy_covers_declared_dynamic_secrets(kv2, root, cli, tmp_path):
@@ -107,7 +107,7 @@ def test_reapply_is_a_noop_and_an_edited_file_is_updated(root, cli, tmp_path):
     (folder / f"{name}.hcl").write_text(edited)
     res = cli("policies", "apply", str(folder))
     assert res.code == 0 and f"~ {name}" in res.stdout
-    assert root.sys.read_acl_policy(name)["data"]["policy"] == edited
+    assert root.sys.read_acl_policy(name)["data"]["policy"] == policies.MARKER + edited
 
 
 def test_invalid_policy_names_the_file_and_applies_nothing(root, cli, tmp_path):
@@ -124,20 +124,23 @@ def test_invalid_policy_names_the_file_and_applies_nothing(root, cli, tmp_path):
     assert not [p for p in existing if p.startswith("vaultsync-validate-")]
 
 
-def test_prune_removes_only_what_it_should(fresh_vault, tmp_path):
+def test_prune_removes_only_what_vaultsync_made(fresh_vault, tmp_path):
     env = fresh_vault.env(tmp_path, fresh_vault.token)
     root = fresh_vault.client(fresh_vault.token)
     folder = tmp_path / "policies"
     folder.mkdir()
-    for n in ("alpha", "beta"):
+    for n in ("alpha", "beta", "gone"):
         (folder / f"{n}.hcl").write_text(f'path "secret/data/{n}" {{ capabilities = ["read"] }}\n')
-    root.sys.create_or_update_acl_policy("stray", 'path "secret/data/stray" { capabilities = ["read"] }')
+    root.sys.create_or_update_acl_policy("stray", 'path "secret/data/stray" { capabilities = ["read"] }')  # another team's
     assert run_cli("policies", "apply", str(folder), env=env).code == 0
-    assert "stray" in root.sys.list_acl_policies()["data"]["keys"]  # kept without --prune
+    (folder / "gone.hcl").unlink()  # vaultsync applied it; its file was removed since
+    assert {"stray", "gone"} <= set(root.sys.list_acl_policies()["data"]["keys"])  # kept without --prune
     dry = run_cli("policies", "apply", str(folder), "--prune", "--dry-run", env=env)
-    assert dry.code == 0 and "- stray" in dry.stdout
-    assert "stray" in root.sys.list_acl_policies()["data"]["keys"]
+    assert dry.code == 0 and "- gone" in dry.stdout and "? stray" in dry.stdout and "--prune-all removes" in dry.stdout
     res = run_cli("policies", "apply", str(folder), "--prune", env=env)
+    assert res.code == 0, res.output
+    assert sorted(root.sys.list_acl_policies()["data"]["keys"]) == ["alpha", "beta", "default", "root", "stray"]
+    res = run_cli("policies", "apply", str(folder), "--prune-all", env=env)
     assert res.code == 0, res.output
     assert sorted(root.sys.list_acl_policies()["data"]["keys"]) == ["alpha", "beta", "default", "root"]
 

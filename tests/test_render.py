@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from vaultsync import render
+from vaultsync.safefs import UnsafePath
 from vaultsync.render import (
     DEFAULT_HOOK_ENV,
     HookError,
@@ -143,20 +144,26 @@ def test_owner_applied_and_compared(tmp_path):
     assert (st.st_uid, st.st_gid) == (1234, 5678) and mode_of(target) == 0o600
     assert (os.stat(tmp_path / "d").st_uid, os.stat(tmp_path / "d").st_gid) == (1234, 5678)
     assert atomic_write(target, b"x", owner=(1234, 5678)) is False
-    assert atomic_write(target, b"x", owner=(1234, -1)) is False
-    assert atomic_write(target, b"x", owner=(4321, -1)) is True
-    assert (os.stat(target).st_uid, os.stat(target).st_gid) == (4321, 5678)  # gid kept
+    other = tmp_path / "g"
+    assert atomic_write(other, b"x", owner=(4321, -1)) is True
+    assert (os.stat(other).st_uid, os.stat(other).st_gid) == (4321, os.getegid())  # -1: vaultsync's own
+    with pytest.raises(UnsafePath, match="belongs to uid 1234"):  # 1234's folder is not 4321's
+        atomic_write(target, b"x", owner=(4321, -1))
 
 
-def test_rewrite_keeps_owner_when_none_given(tmp_path):
+def test_rewrite_never_takes_the_owner_of_the_file_it_replaces(tmp_path):
+    """Whoever owns the file that sits there (planted, or chowned by hand) must not get the next
+    secret: owner and group come from the config, default the user vaultsync runs as."""
     if os.geteuid() != 0:
         pytest.fail("chown to another user needs root: run the tests as root (CI does)", pytrace=False)
     target = tmp_path / "f"
     target.write_bytes(b"old")
-    os.chown(target, 2345, 3456)  # an admin handed the file to the service
+    os.chown(target, 2345, 3456)
     assert atomic_write(target, b"new", backup=True) is True
     st = os.stat(target)
-    assert (st.st_uid, st.st_gid) == (2345, 3456)
+    assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid())
+    assert atomic_write(target, b"new", owner=(2345, 3456)) is True
+    assert (os.stat(target).st_uid, os.stat(target).st_gid) == (2345, 3456)
     fresh = tmp_path / "fresh"
     atomic_write(fresh, b"x")
     assert (os.stat(fresh).st_uid, os.stat(fresh).st_gid) == (os.geteuid(), os.getegid())
@@ -222,10 +229,10 @@ def test_failure_in_final_rename_cleans_up(tmp_path, monkeypatch):
     atomic_write(target, b"old")
     real_replace = os.replace
 
-    def replace(src, dst):
-        if Path(dst) == target:
+    def replace(src, dst, **dir_fds):
+        if dst == target.name:  # relative to the folder's descriptor
             raise OSError(30, "Read-only file system")
-        return real_replace(src, dst)
+        return real_replace(src, dst, **dir_fds)
 
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(OSError, match="Read-only"):

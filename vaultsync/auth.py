@@ -21,6 +21,7 @@ from vaultsync.config import AuthSettings, VaultSettings, resolve_token
 from vaultsync.errors import ConfigError, VaultError
 from vaultsync.logging import register_secret
 from vaultsync.render import atomic_write
+from vaultsync.safefs import UnsafePath, read_trusted_file
 from vaultsync.vault import describe
 
 
@@ -106,9 +107,13 @@ def _read_file(path: str | None, what: str) -> str:
     if not path:
         raise ConfigError(f"auth.method is 'approle' but auth.{what} is not set")
     try:
-        value = Path(path).read_text(encoding="utf-8").strip()
+        value = read_trusted_file(path).decode("utf-8").strip()
+    except UnsafePath as exc:
+        raise ConfigError(f"auth.{what}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: {what} is not UTF-8 text") from None
     if not value:
         raise ConfigError(f"{path}: {what} is empty")
     register_secret(value)
@@ -170,6 +175,7 @@ class Credentials:
     secret_id: str = field(repr=False)  # the wrapping token when ``wrapped``
     wrapped: bool = False
     wrap_ttl: float = 0.0
+    accessor: str = field(default="", repr=False)  # the secret_id's accessor: destroys it without knowing it
 
 
 def issue_credentials(client: hvac.Client, *, mount: str, role: str, wrap_ttl: float | None = None) -> Credentials:
@@ -188,11 +194,25 @@ def issue_credentials(client: hvac.Client, *, mount: str, role: str, wrap_ttl: f
         raise describe(exc, f"issue a secret_id for {role}") from None
     if wrap_ttl:
         token = resp["wrap_info"]["token"]
+        accessor = resp["wrap_info"].get("wrapped_accessor") or ""
         register_secret(token)
-        return Credentials(role_id, token, True, float(wrap_ttl))
+        register_secret(accessor)
+        return Credentials(role_id, token, True, float(wrap_ttl), accessor)
     secret_id = resp["data"]["secret_id"]
+    accessor = resp["data"].get("secret_id_accessor") or ""
     register_secret(secret_id)
-    return Credentials(role_id, secret_id)
+    register_secret(accessor)
+    return Credentials(role_id, secret_id, accessor=accessor)
+
+
+def destroy_secret_id(client: hvac.Client, *, mount: str, role: str, accessor: str) -> None:
+    """Destroy an issued secret_id by its accessor (a command that failed after issuing it
+    must not leave a valid credential behind, e.g. in a half-written folder)."""
+    try:
+        client.adapter.post(f"/v1/auth/{mount.strip('/')}/role/{role}/secret-id-accessor/destroy",
+                            json={"secret_id_accessor": accessor})
+    except Exception as exc:  # noqa: BLE001
+        raise describe(exc, f"destroy the secret_id just issued for {role}") from None
 
 
 def write_credentials(creds: Credentials, folder: str | Path) -> list[Path]:

@@ -28,7 +28,9 @@ class State:
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Map our exceptions to exit codes and a one-line message; no traceback, no locals."""
+    """Map our exceptions to exit codes and a one-line message; anything unexpected becomes one
+    redacted log line (type and scrubbed message, frames without locals), a short message and
+    exit 1: never a raw traceback on the terminal."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -38,11 +40,54 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             vlog.get_logger().error("command failed", error=vlog.scrub(str(exc)), exit_code=exc.exit_code)
             click.echo(f"error: {vlog.scrub(str(exc))}", err=True)
             sys.exit(exc.exit_code)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into a clean exit
+            unexpected(exc)
 
     return wrapper
 
 
-@click.group(context_settings=CONTEXT)
+def unexpected(exc: BaseException) -> None:
+    what = type(exc).__name__
+    vlog.get_logger().error("unexpected error", error_type=what, error=vlog.scrub(str(exc)), exit_code=1, exc_info=exc)
+    click.echo(f"error: unexpected {what}: {vlog.scrub(str(exc))[:200]} (details in the log)", err=True)
+    sys.exit(1)
+
+
+class _Main(click.Group):
+    """Catches what escapes a command outside ``handle_errors`` (the group callback, option parsing
+    callbacks): the same clean exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except VaultsyncError as exc:
+            click.echo(f"error: {vlog.scrub(str(exc))}", err=True)
+            sys.exit(exc.exit_code)
+        except Exception as exc:  # noqa: BLE001
+            unexpected(exc)
+
+
+def wrap_ttl_seconds(text: str | None) -> int | None:
+    """``--wrap-ttl``: a whole number of seconds, at least 1 (0 would silently hand out an
+    unwrapped secret_id, 0.5 a wrapping token the server reads as 0)."""
+    from vaultsync.leases import parse_duration
+
+    if text is None:
+        return None
+    try:
+        ttl = parse_duration(text)
+    except ValueError as exc:
+        raise BadInput(f"--wrap-ttl: {exc}") from None
+    if ttl < 1 or ttl != int(ttl):
+        raise BadInput(f"--wrap-ttl must be a whole number of seconds, at least 1s (got {text!r})")
+    return int(ttl)
+
+
+@click.group(cls=_Main, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="vaultsync")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Settings file [default: ./vaultsync.toml if present].")
 @click.option("--addr", help="Server address (else VAULT_ADDR / BAO_ADDR).")
@@ -264,7 +309,7 @@ def _print_outcome(outcome: Any, mount: str, planned: int) -> None:
 def _kv_for_policies(client: Any, s: config.Settings) -> Any:
     from vaultsync.vault import KV, detect_kv_version
 
-    if not any(not svc.policies for svc in s.services.values()):
+    if not s.services:  # generated policies (services', the daemon's) name KV paths
         return None
     return KV(client, s.kv.mount, s.kv.version or detect_kv_version(client, s.kv.mount))
 
@@ -288,12 +333,14 @@ def policies() -> None:
 @policies.command("apply", context_settings=CONTEXT)
 @click.argument("folder", required=False, type=click.Path(file_okay=False))
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
-@click.option("--prune", is_flag=True, help="Remove policies that are only in Vault (never root or default).")
+@click.option("--prune", is_flag=True, help="Remove policies vaultsync made that nothing declares any more.")
+@click.option("--prune-all", is_flag=True, help="Remove every policy that is only in Vault, other teams' too (never root or default).")
 @click.option("--kv-version", type=click.IntRange(1, 2), help="KV version for generated policies, if the token may not read the mount.")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.pass_obj
 @handle_errors
-def policies_apply(state: State, folder: str | None, dry_run: bool, prune: bool, kv_version: int | None, output: str) -> None:
+def policies_apply(state: State, folder: str | None, dry_run: bool, prune: bool, prune_all: bool, kv_version: int | None,
+                   output: str) -> None:
     """Apply FOLDER/*.hcl [default: ./policies] and the AppRoles of vaultsync.toml's services."""
     from vaultsync import policies as pol
 
@@ -301,7 +348,7 @@ def policies_apply(state: State, folder: str | None, dry_run: bool, prune: bool,
     if folder is None and os.path.isdir("policies"):
         folder = "policies"
     client = _admin_client(s)
-    the_plan = pol.plan(client, s, folder, _kv_for_policies(client, s), prune=prune)
+    the_plan = pol.plan(client, s, folder, _kv_for_policies(client, s), prune=prune, prune_all=prune_all)
     if output == "text":
         click.echo(pol.plan_as_text(the_plan))
     if dry_run or the_plan.empty:
@@ -338,23 +385,40 @@ def approle() -> None:
 def approle_credentials(state: State, service: str, out_dir: str | None, to_stdout: bool, wrap_ttl: str | None) -> None:
     """Issue a role_id and a new secret_id for SERVICE's AppRole."""
     from vaultsync import auth
-    from vaultsync.leases import parse_duration
 
     if bool(out_dir) == bool(to_stdout):
         raise BadInput("give exactly one of --out DIR or --stdout")
     s = state.settings()
-    try:
-        ttl = parse_duration(wrap_ttl) if wrap_ttl else None
-    except ValueError as exc:
-        raise BadInput(f"--wrap-ttl: {exc}") from None
-    creds = auth.issue_credentials(_admin_client(s), mount=s.auth.mount, role=service, wrap_ttl=ttl)
+    ttl = wrap_ttl_seconds(wrap_ttl)
+    client = _admin_client(s)
+    creds = auth.issue_credentials(client, mount=s.auth.mount, role=service, wrap_ttl=ttl)
     kind = "wrapped secret_id (unwrap once, within the TTL)" if creds.wrapped else "secret_id"
-    if to_stdout:
-        click.echo(json.dumps({"role_id": creds.role_id, "secret_id": creds.secret_id, "wrapped": creds.wrapped}))
-        return
-    paths = auth.write_credentials(creds, out_dir)  # type: ignore[arg-type]
+    try:
+        if to_stdout:
+            click.echo(json.dumps({"role_id": creds.role_id, "secret_id": creds.secret_id, "wrapped": creds.wrapped}))
+            return
+        paths = auth.write_credentials(creds, out_dir)  # type: ignore[arg-type]
+    except BaseException:
+        # Issued but not delivered: destroy it, so no valid secret_id is left behind (in a
+        # half-written folder, or nowhere at all).
+        _destroy_issued(client, s.auth.mount, service, creds)
+        raise
     vlog.get_logger().info("credentials written", service=service, wrapped=creds.wrapped, folder=str(out_dir))
     click.echo(f"Wrote role_id and {kind} for {service}: {', '.join(str(p) for p in paths)}")
+
+
+def _destroy_issued(client: Any, mount: str, service: str, creds: Any) -> None:
+    from vaultsync import auth
+
+    log = vlog.get_logger()
+    if not creds.accessor:
+        log.error("the secret_id just issued could not be destroyed: the server returned no accessor", service=service)
+        return
+    try:
+        auth.destroy_secret_id(client, mount=mount, role=service, accessor=creds.accessor)
+        log.warning("secret_id destroyed: the command failed after issuing it", service=service)
+    except VaultsyncError as exc:
+        log.error("the secret_id just issued could not be destroyed; destroy it by hand", service=service, error=str(exc))
 
 
 # --- daemon, render, status -------------------------------------------------------------------
@@ -415,8 +479,16 @@ def status(state: State, metrics_addr: str | None, output: str) -> None:
     from vaultsync.errors import VaultsyncError
 
     s = state.settings(**{"daemon.metrics_addr": metrics_addr})
+    from vaultsync.metrics import read_status_token
+
+    token = read_status_token(s.daemon.status_token_file)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        doc = requests.get(f"http://{s.daemon.metrics_addr}/status", timeout=5).json()
+        resp = requests.get(f"http://{s.daemon.metrics_addr}/status", headers=headers, timeout=5)
+        if resp.status_code == 403:
+            raise VaultsyncError(f"the daemon at {s.daemon.metrics_addr} refused /status: it answers loopback clients, "
+                                 "or the bearer token in daemon.status_token_file")
+        doc = resp.json()
     except (requests.RequestException, ValueError):
         raise VaultsyncError(f"no daemon answers at {s.daemon.metrics_addr} (is `vaultsync daemon` running?)") from None
     if output == "json":

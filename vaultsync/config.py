@@ -78,6 +78,8 @@ class AuthSettings:
     secret_id_file: str | None = None
     secret_id_wrapped: bool = False
     remove_secret_id_file: bool = False
+    secret_id_ttl: float = 30 * 86400.0  # of the daemon's own AppRole (policies apply)
+    bound_cidrs: tuple[str, ...] = ()  # where the daemon's secret_id and tokens may be used from
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class Destination:
     style: str = "dotenv"  # dotenv | compose | docker | shell | systemd | json | template (vaultsync.formats)
     template: str | None = None  # file holding a Jinja2 template, for style = "template"
     mode: int = 0o600
+    owner: str | int | None = None  # user (name or uid) the file belongs to; default: the user vaultsync runs as
+    group: str | int | None = None  # group (name or gid); default: vaultsync's own
     backup: bool = False
     command: tuple[str, ...] = ()
     command_timeout: float = 30.0
@@ -116,7 +120,7 @@ class ServiceSettings:
     token_ttl: float = 3600.0
     token_max_ttl: float = 4 * 3600.0
     token_period: float | None = None
-    secret_id_ttl: float = 0.0
+    secret_id_ttl: float = 30 * 86400.0  # finite: a leaked secret_id stops working (0 = never expires)
     secret_id_num_uses: int = 0
     bound_cidrs: tuple[str, ...] = ()
     dynamic: Mapping[str, str] = field(default_factory=dict)  # name -> path, e.g. db -> database/creds/api
@@ -134,6 +138,7 @@ ROTATE_MIN_LENGTH = {"hex": 16, "base64url": 16, "alphanumeric": 22}
 class DaemonSettings:
     poll_interval: float = 60.0
     metrics_addr: str = "127.0.0.1:9464"
+    status_token_file: str | None = None  # /status then needs "Authorization: Bearer <token>" (else: loopback only)
     revoke_on_exit: bool = False
     lease_revoke_grace: float = 30.0
     lock_ttl: float = 60.0
@@ -194,7 +199,7 @@ def _from_dict(raw: Mapping[str, Any], src: str, base_dir: Path) -> Settings:
         _source(item, src, f"migrate.sources[{i}]", base_dir) for i, item in enumerate(mig_raw.pop("sources", []))
     )
     migrate = replace(_section(MigrateSettings, mig_raw, src, "migrate"), sources=sources)
-    auth = _section(AuthSettings, raw.get("auth", {}), src, "auth")
+    auth = _section(AuthSettings, raw.get("auth", {}), src, "auth", durations={"secret_id_ttl"})
     # Files named in the config are relative to the config file, like destinations.
     auth = replace(auth, role_id_file=_rel(auth.role_id_file, base_dir), secret_id_file=_rel(auth.secret_id_file, base_dir))
     vault = replace(vault, token_file=_rel(vault.token_file, base_dir), cacert=_rel(vault.cacert, base_dir),
@@ -205,6 +210,7 @@ def _from_dict(raw: Mapping[str, Any], src: str, base_dir: Path) -> Settings:
     daemon = _section(
         DaemonSettings, raw.get("daemon", {}), src, "daemon", durations={"poll_interval", "lease_revoke_grace", "lock_ttl"}
     )
+    daemon = replace(daemon, status_token_file=_rel(daemon.status_token_file, base_dir))
     _positive(daemon.poll_interval, src, "daemon.poll_interval")
     _positive(daemon.lock_ttl, src, "daemon.lock_ttl")
     if daemon.lease_revoke_grace < 0:
@@ -287,6 +293,8 @@ def _destination(item: Mapping[str, Any], src: str, where: str, base_dir: Path) 
     if not 0 <= dest.mode <= 0o777:
         raise ConfigError(f"{src}: {where}.mode must be a permission like \"0600\" (as a string)")
     _positive(dest.command_timeout, src, f"{where}.command_timeout")
+    # owner/group names are resolved when writing (a config is also loaded where the user does
+    # not exist, e.g. by `policies apply` on an admin's machine): an unknown one fails that destination.
     if dest.wait_min < 0 or dest.wait_max < dest.wait_min:
         raise ConfigError(f"{src}: {where}.wait needs 0 <= min <= max")
     sig = dest.signal.upper()

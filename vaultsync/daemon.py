@@ -40,8 +40,9 @@ from vaultsync.daemon_recovery import RecoveryMixin
 from vaultsync.errors import ConfigError, SourceMissing, VaultError, VaultsyncError
 from vaultsync.hookrunner import HookRunner
 from vaultsync.logging import forget_secret, get_logger, register_secret
-from vaultsync.metrics import HealthServer, Metrics
-from vaultsync.vault import KV, describe, detect_kv_version, make_client
+from vaultsync.metrics import HealthServer, Metrics, read_status_token
+from vaultsync.safefs import resolve_owner
+from vaultsync.vault import KV, describe, detect_kv_version, make_client, renew_lease, revoke_lease
 
 log = get_logger("vaultsync.daemon")
 
@@ -177,7 +178,8 @@ class Daemon(RecoveryMixin):
         self.scheduler.add_listener(self._run_skipped, EVENT_JOB_MAX_INSTANCES)
         self.http: HealthServer | None = None
         if serve_http and settings.daemon.metrics_addr:
-            self.http = HealthServer(settings.daemon.metrics_addr, self.metrics, self.ready, self.status)
+            self.http = HealthServer(settings.daemon.metrics_addr, self.metrics, self.ready, self.status,
+                                     status_token=read_status_token(settings.daemon.status_token_file))
 
     # -- scheduling helpers ---------------------------------------------------------------
 
@@ -531,7 +533,7 @@ class Daemon(RecoveryMixin):
             changed = secret.data != st.kv_data or (secret.version and secret.version != st.kv_version)
             if changed:
                 for value in (secret.data or {}).values():
-                    register_secret(value if isinstance(value, str) else None)
+                    register_secret(value)
                 self._forget_values(st.kv_data or {})
             st.kv_data, st.kv_version = secret.data, secret.version
             first_load, st.kv_loaded = not st.kv_loaded, True
@@ -576,8 +578,7 @@ class Daemon(RecoveryMixin):
         st.issue_attempts.pop(name, None)
         data = dict(resp.get("data") or {})
         for value in data.values():
-            if isinstance(value, str):
-                register_secret(value)
+            register_secret(value)
         lease_id = resp.get("lease_id") or ""
         ttl = float(resp.get("lease_duration") or 0)
         decision = leases.plan_new_lease(ttl, renewable=bool(resp.get("renewable")), now=now, rng=self.rng)
@@ -627,7 +628,7 @@ class Daemon(RecoveryMixin):
         if lease is None:
             return
         try:
-            resp = self.client.sys.renew_lease(lease_id=lease.lease_id, increment=int(lease.ttl))
+            resp = renew_lease(self.client, lease.lease_id, int(lease.ttl))  # id in the path: scoped by policy
         except Exception as exc:  # noqa: BLE001
             self.metrics.renewals.labels("lease", "failure").inc()
             err = describe(exc, f"renew lease of {service}/{name}")
@@ -663,7 +664,7 @@ class Daemon(RecoveryMixin):
 
     def _revoke(self, lease_id: str, service: str, name: str, data: dict[str, Any] | None = None) -> None:
         try:
-            self.client.sys.revoke_lease(lease_id=lease_id)
+            revoke_lease(self.client, lease_id)
             log.info("old lease revoked", service=service, secret=name)
             self._hold(lease_id, False)
         except Exception as exc:  # noqa: BLE001
@@ -674,8 +675,7 @@ class Daemon(RecoveryMixin):
     @staticmethod
     def _forget_values(data: dict[str, Any]) -> None:
         for value in data.values():
-            if isinstance(value, str):
-                forget_secret(value)
+            forget_secret(value)
 
     # -- rendering -------------------------------------------------------------------------------
 
@@ -740,8 +740,9 @@ class Daemon(RecoveryMixin):
             if dest.command:
                 result = render.run_command(dest.command, timeout=dest.command_timeout)
                 ok = result.ok
-                log.info("hook ran", service=service, destination=dest.name, returncode=result.returncode,
-                         timed_out=result.timed_out, seconds=round(result.duration, 3), stderr=result.stderr_tail[-500:] or None)
+                (log.info if ok else log.warning)("hook ran", service=service, destination=dest.name, returncode=result.returncode,
+                                                  timed_out=result.timed_out, seconds=round(result.duration, 3))
+                log.debug("hook output", service=service, destination=dest.name, **result.output_excerpt())
             elif dest.pidfile:
                 pid = render.signal_pidfile(dest.pidfile, dest.signal)
                 ok = True
@@ -909,7 +910,8 @@ def write_destination(dest: Destination, values: dict[str, str], *, service: str
         left_out: list[str] = []
         text = formats.render(dest.style, values, template=template, destination=dest.path, template_name=dest.template,
                               warn=left_out.append)
-        written = render.atomic_write(dest.path, text.encode("utf-8"), mode=dest.mode, backup=dest.backup)
+        written = render.atomic_write(dest.path, text.encode("utf-8"), mode=dest.mode, backup=dest.backup,
+                                      owner=resolve_owner(dest.owner, dest.group))
         for msg in left_out if written else ():  # once per change, not on every poll
             log.warning("key left out", service=service, detail=msg)
     except (VaultsyncError, OSError, ValueError) as exc:

@@ -72,6 +72,7 @@ def start(port: int | None = None, *, state_dir: Path, binary: str | None = None
     binary = binary or find_server_binary()
     port = port or free_port()
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(state_dir, 0o700)  # an existing folder keeps its mode otherwise
     token = "dev-" + secrets.token_hex(16)  # Vault reserves the s./hvs. prefixes for its own tokens
     addr = f"http://127.0.0.1:{port}"
     log = state_dir / f"server-{port}.log"
@@ -82,7 +83,9 @@ def start(port: int | None = None, *, state_dir: Path, binary: str | None = None
         "BAO_DEV_ROOT_TOKEN_ID": token,
     }
     # The dev server prints its root token and unseal key: the log is for our user only.
-    with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
+    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    os.fchmod(log_fd, 0o600)  # O_CREAT's mode applies to new files only: tighten an old, permissive log
+    with os.fdopen(log_fd, "ab") as out:
         proc = subprocess.Popen(
             [binary, "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}", "-dev-no-store-token"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
@@ -150,7 +153,8 @@ def up(port: int | None = None) -> DevServer:
         return current
     state = _state_file()
     server = start(port, state_dir=state.parent)
-    fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)  # it holds the root token: an existing file's wider mode is not kept
     with os.fdopen(fd, "w") as f:
         json.dump({"addr": server.addr, "token": server.token, "pid": server.pid, "log": server.log}, f)
     return server

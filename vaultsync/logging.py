@@ -6,22 +6,29 @@ renderer, so neither an event field nor an exception message can carry a secret:
 * fields whose *name* says they hold a secret (``token``, ``secret_id``,
   ``password``, ``value`` ...) are replaced by ``"[redacted]"``;
 * every string is scrubbed of values registered with :func:`register_secret`
-  (tokens, secret ids, rendered credentials) and of anything shaped like a
-  Vault/OpenBao token (``hvs.``/``s.``/``b.``/``r.`` followed by 20+ characters);
+  (tokens, secret ids, every KV value read or written, rendered credentials),
+  in every form vaultsync itself writes them (JSON for non-strings, the escaped
+  forms of each env-file style, each line of a multi-line value), and of
+  anything shaped like a Vault/OpenBao token (``hvs.``/``s.``/``b.``/``r.``
+  followed by 20+ characters, wherever it starts: ``?token%3Dhvs.…`` too);
 * tracebacks are rendered without local variables.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 import threading
+import urllib.parse
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
+
+from vaultsync import quoting
 
 REDACTED = "[redacted]"
 
@@ -32,36 +39,133 @@ _SECRET_FIELD = re.compile(
     re.IGNORECASE,
 )
 # Vault: hvs./hvb./hvr. (+ legacy s./b./r.); OpenBao: s./b./r. Never validated, only hidden.
-_TOKEN_SHAPE = re.compile(r"\b(?:hv[sbr]|[sbr])\.[A-Za-z0-9_\-]{20,}(?:\.[A-Za-z0-9_\-]+)?")
+# No \b before it: "%3Dhvs.…" or "xs.…" has no word boundary, and a missed token costs more than
+# an over-redacted word.
+# Glued to a word character, it must also look random (a capital or a digit): all-lower-case
+# dashed names such as "apps.production-environment" are file and host names, not tokens.
+_TOKEN_SHAPE = re.compile(
+    r"(?:(?<![A-Za-z0-9_])(?:hv[sbr]|[sbr])\.|(?:hv[sbr]|[sbr])\.(?=[a-z_\-]*[A-Z0-9]))"
+    r"[A-Za-z0-9_\-]{20,}(?:\.[A-Za-z0-9_\-]+)?"
+)
+_MIN_LEN = 4  # a 1-3 char "secret" would shred every log line
+_MIN_LINE_LEN = 8  # lines of a multi-line secret (PEM) are scrubbed one by one too
 
 _known: dict[str, int] = {}  # value -> how many live holders registered it
 _known_lock = threading.Lock()
 _ordered: tuple[str, ...] = ()  # longest first, so a secret containing another is hidden whole
 
 
-def register_secret(value: str | None) -> None:
-    """Scrub ``value`` from every later log line (tokens, secret ids, credentials)."""
+def secret_forms(value: Any) -> set[str]:
+    """Every form of ``value`` that vaultsync may print or write: the string itself (or the JSON
+    and ``str()`` forms of a number, list or object, and each value inside), its escaped forms
+    in each env-file style (dotenv single/double quotes, shell ``'\\''``, compose ``$$``, JSON,
+    Python repr), and each long-enough line of a multi-line value."""
+    forms: set[str] = set()
+    if value is None or isinstance(value, bool):
+        return forms
+    if isinstance(value, (dict, list, tuple)):
+        for item in value.values() if isinstance(value, dict) else value:
+            forms |= secret_forms(item)
+        for text in (_json(value), _json(value, compact=True), str(value)):
+            forms |= _escaped_forms(text)
+        return forms
+    if not isinstance(value, str):
+        text = _json(value) if isinstance(value, (int, float)) else str(value)
+        return _escaped_forms(text) if len(text) >= 6 else forms  # short numbers are everywhere
+    return _escaped_forms(value)
+
+
+def _json(value: Any, compact: bool = False) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":") if compact else None, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _escaped_forms(text: str) -> set[str]:
+    backslashed = text.replace("\\", "\\\\")
+    forms = {
+        text,
+        json.dumps(text)[1:-1],
+        json.dumps(text, ensure_ascii=False)[1:-1],
+        repr(text)[1:-1],
+        backslashed.replace("'", "\\'"),  # dotenv single quotes
+        backslashed.replace('"', '\\"').replace("\r", "\\r").replace("\n", "\\n"),  # dotenv double quotes
+        backslashed.replace('"', '\\"').replace("$", "\\$").replace("`", "\\`").replace("\n", "\\n"),  # shell/systemd double
+        text.replace("'", "'\\''"),  # shell single quotes
+        text.replace("$", "$$"),  # compose's escape for a literal $
+        backslashed.replace('"', '\\"').replace("\n", "\\n").replace("$", "$$"),  # double quotes, $$ for $
+        urllib.parse.quote(text, safe=""),  # the templates' urlquote filter
+    }
+    # Exactly what each style writes: the quoting functions the renderers themselves use.
+    # (inside the quotes: a quoted form contains its inner one, so scrubbing that is enough)
+    for quote in (quoting.quote_dotenv, quoting.quote_compose, quoting.quote_shell, quoting.quote_systemd):
+        forms.add(quote(text)[1:-1])
+    for form in list(forms):
+        if "\n" in form or "\r" in form:
+            forms |= {line for line in re.split(r"\r\n|\r|\n", form) if len(line.strip()) >= _MIN_LINE_LEN}
+    return {f for f in forms if len(f) >= _MIN_LEN}
+
+
+def register_secret(value: Any) -> None:
+    """Scrub ``value`` (in every form it may be printed) from every later log line."""
     global _ordered
-    if not value or len(value) < 4:  # a 1-3 char "secret" would shred every log line
+    forms = secret_forms(value)
+    if not forms:
         return
     with _known_lock:
-        _known[value] = _known.get(value, 0) + 1
-        if _known[value] == 1:
+        added = False
+        for form in forms:
+            _known[form] = _known.get(form, 0) + 1
+            added = added or _known[form] == 1
+        if added:
             _ordered = tuple(sorted(_known, key=len, reverse=True))
 
 
-def forget_secret(value: str | None) -> None:
+def remember_secret(value: Any) -> None:
+    """Scrub ``value`` from now on, for the life of the process (every KV value read or
+    written): registered once, whatever the number of reads; :func:`forget_secret` by a holder
+    that also registered it leaves it scrubbed."""
+    global _ordered
+    forms = secret_forms(value)
+    with _known_lock:
+        new = forms - _known.keys()
+        for form in new:
+            _known[form] = 1
+        if new:
+            _ordered = tuple(sorted(_known, key=len, reverse=True))
+
+
+def forget_secret(value: Any) -> None:
     """Drop one registration of ``value`` (a revoked or replaced credential); it stops
     being scrubbed once no holder has it registered, so the set of scrubbed values
     stays as large as what is alive, not what was ever issued."""
     global _ordered
     with _known_lock:
-        count = _known.get(value or "", 0)
-        if count > 1:
-            _known[value] = count - 1  # type: ignore[index]
-        elif count == 1:
-            del _known[value]  # type: ignore[arg-type]
+        dropped = False
+        for form in secret_forms(value):
+            count = _known.get(form, 0)
+            if count > 1:
+                _known[form] = count - 1
+            elif count == 1:
+                del _known[form]
+                dropped = True
+        if dropped:
             _ordered = tuple(sorted(_known, key=len, reverse=True))
+
+
+def excerpt(text: str, *, limit: int, cut_at_start: bool = False) -> str:
+    """A bounded, scrubbed excerpt of some output (a hook's), its *end* kept.
+
+    Scrubbed before it is shortened, so no secret is cut to a piece that no longer matches;
+    when the text itself was already cut at its start (``cut_at_start``: a tail), its first,
+    partial line is dropped for the same reason."""
+    if cut_at_start:
+        text = text.partition("\n")[2]
+    text = scrub(text)
+    if len(text) > limit:
+        text = "…" + text[len(text) - limit:]
+    return text
 
 
 def scrub(text: str) -> str:

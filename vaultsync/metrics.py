@@ -8,7 +8,10 @@ Every series that is known up front is exported at 0 so that it is never absent.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from requests.adapters import HTTPAdapter
 
 from vaultsync import __version__
+from vaultsync.errors import ConfigError
+from vaultsync.logging import register_secret
 
 #: source_missing: the service's KV secret is deleted or was never written; the file is kept.
 RENDER_RESULTS = ("success", "unchanged", "failure", "source_missing")
@@ -122,16 +127,107 @@ def _remove(metric: Any, *labels: str) -> None:
         pass
 
 
+#: How long one connection may take, all of it (a scrape takes milliseconds; a client that
+#: sends half a request and waits must not hold a worker), and how many are served at once.
+CONNECTION_TIMEOUT = 5.0
+MAX_WORKERS = 8
+
+
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with at most ``max_workers`` connections in flight: one more is
+    closed at once (a scraper retries) instead of getting a thread of its own."""
+
+    daemon_threads = True
+
+    def __init__(self, addr: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_workers: int) -> None:
+        self._slots = threading.BoundedSemaphore(max_workers)
+        super().__init__(addr, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away or was cut off is not news (socketserver would print a
+        traceback to stderr, outside the JSON log)."""
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def read_status_token(path: str | None) -> str | None:
+    """The bearer token that /status asks for, from ``daemon.status_token_file`` (None: not set)."""
+    if not path:
+        return None
+    try:
+        token = open(path, encoding="utf-8").read().strip()  # noqa: SIM115 - tiny file
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read daemon.status_token_file: {exc.strerror}") from None
+    if len(token) < 16:
+        raise ConfigError(f"{path}: daemon.status_token_file must hold a token of at least 16 characters")
+    register_secret(token)
+    return token
+
+
 class HealthServer:
     """/metrics (Prometheus text), /healthz (alive), /readyz (authenticated and every
-    destination rendered once), /status (JSON, no secrets)."""
+    destination rendered once), /status (JSON, no secrets, but paths and render errors: only
+    to loopback clients, or to anyone with the bearer token when ``status_token`` is set).
 
-    def __init__(self, addr: str, metrics: Metrics, ready: Callable[[], bool], status: Callable[[], dict[str, Any]]) -> None:
+    Each connection has ``timeout`` seconds in all, and at most ``max_workers`` are served
+    at once."""
+
+    def __init__(self, addr: str, metrics: Metrics, ready: Callable[[], bool], status: Callable[[], dict[str, Any]], *,
+                 status_token: str | None = None, timeout: float = CONNECTION_TIMEOUT, max_workers: int = MAX_WORKERS) -> None:
         host, _, port = addr.rpartition(":")
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            def setup(self) -> None:
+                self.timeout = timeout  # each read and write (StreamRequestHandler applies it)
+                super().setup()
+                # ... and the whole connection: a client trickling bytes is cut off too.
+                self._expired = threading.Event()
+                self._deadline = threading.Timer(timeout, self._expire)
+                self._deadline.daemon = True
+                self._deadline.start()
+
+            def _expire(self) -> None:
+                self._expired.set()  # what was read so far is not a request to answer
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+            def finish(self) -> None:
+                self._deadline.cancel()
+                try:
+                    super().finish()
+                except OSError:
+                    pass
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self._expired.is_set():
+                    self.close_connection = True
+                    return
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     outer._send(self, 200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
@@ -141,16 +237,26 @@ class HealthServer:
                     ok = ready()
                     outer._send(self, 200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain")
                 elif path == "/status":
-                    outer._send(self, 200, json.dumps(status(), indent=2).encode(), "application/json")
+                    if outer._status_allowed(self):
+                        outer._send(self, 200, json.dumps(status(), indent=2).encode(), "application/json")
+                    else:
+                        outer._send(self, 403, b"forbidden: /status answers loopback clients, or a bearer token "
+                                    b"(daemon.status_token_file)\n", "text/plain")
                 else:
                     outer._send(self, 404, b"not found\n", "text/plain")
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet: scrapes are not news
                 pass
 
-        self.server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
-        self.server.daemon_threads = True
+        self._status_token = status_token
+        self.server = _BoundedHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler, max_workers)
         self.thread = threading.Thread(target=self.server.serve_forever, name="vaultsync-http", daemon=True)
+
+    def _status_allowed(self, handler: BaseHTTPRequestHandler) -> bool:
+        if self._status_token is not None:
+            given = handler.headers.get("Authorization", "")
+            return hmac.compare_digest(given.encode(), f"Bearer {self._status_token}".encode())
+        return _is_loopback(str(handler.client_address[0]))
 
     @staticmethod
     def _send(handler: BaseHTTPRequestHandler, code: int, body: bytes, ctype: str) -> None:

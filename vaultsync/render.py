@@ -21,12 +21,13 @@ import selectors
 import signal
 import stat
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vaultsync import logging as vlog
+from vaultsync import safefs
 from vaultsync.errors import VaultsyncError
 
 __all__ = [
@@ -42,13 +43,13 @@ __all__ = [
 ]
 
 _TEMP_SUFFIX = ".tmp"
-_DIR_MODE = 0o700
 
 #: The whole environment a hook gets unless the caller passes one: the parent's
 #: environment may hold VAULT_TOKEN, role secret ids and the like.
 DEFAULT_HOOK_ENV: Mapping[str, str] = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 _TAIL_BYTES = 4096
+_EXCERPT_CHARS = 512
 _PID_MAX = 4_194_304  # Linux's largest possible pid_max (2**22)
 
 
@@ -65,41 +66,14 @@ class PidfileError(HookError):
 # --------------------------------------------------------------------------
 
 
-def _make_parents(folder: Path, owner: tuple[int, int] | None) -> None:
-    """Create ``folder`` and any missing ancestors with mode 0700.
-
-    ``os.makedirs(mode=...)`` applies the mode to the last folder only, and
-    through the umask; we create each level ourselves and chmod it. Folders
-    we create are chowned to ``owner`` too, so the service the file is for can
-    reach it; existing folders are left alone.
-    """
-    missing: list[Path] = []
-    current = folder
-    while not current.exists():
-        missing.append(current)
-        if current.parent == current:
-            break
-        current = current.parent
-    for path in reversed(missing):
-        try:
-            os.mkdir(path, _DIR_MODE)
-        except FileExistsError:
-            if not path.is_dir():
-                raise
-            continue  # someone else created it meanwhile: not ours to change
-        os.chmod(path, _DIR_MODE)
-        if owner is not None:
-            os.chown(path, owner[0], owner[1])
-
-
-def _unchanged(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> bool:
-    """True if ``path`` is a regular file with exactly ``data``, ``mode`` and owner.
+def _unchanged(folder: int, name: str, data: bytes, mode: int, owner: tuple[int, int]) -> bool:
+    """True if ``name`` in ``folder`` is a regular file with exactly ``data``, ``mode`` and owner.
 
     Symlinks are never "unchanged": we do not follow them (a link planted in
     the folder must not redirect our write), so the link is replaced by a file.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
     except (FileNotFoundError, NotADirectoryError):
         return False
     except OSError as exc:
@@ -110,10 +84,8 @@ def _unchanged(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != mode or st.st_size != len(data):
             return False
-        if owner is not None:
-            uid, gid = owner
-            if (uid != -1 and st.st_uid != uid) or (gid != -1 and st.st_gid != gid):
-                return False
+        if (st.st_uid, st.st_gid) != owner:
+            return False
         chunks = []
         remaining = st.st_size + 1  # +1 notices a file that grew meanwhile
         while remaining > 0:
@@ -127,55 +99,48 @@ def _unchanged(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None
         os.close(fd)
 
 
-def _effective_owner(path: Path, owner: tuple[int, int] | None) -> tuple[int, int]:
-    """The (uid, gid) the new file gets; -1 means "as created".
-
-    Ids that are not given (``owner=None`` or -1) are taken from the file
-    being replaced: the daemon runs as root, and a file an admin chowned to
-    the service must not silently become root's on the next render.
-    """
-    uid, gid = owner if owner is not None else (-1, -1)
-    if uid != -1 and gid != -1:
-        return uid, gid
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return uid, gid
-    if not stat.S_ISREG(st.st_mode):
-        return uid, gid
-    return (st.st_uid if uid == -1 else uid), (st.st_gid if gid == -1 else gid)
+def _create_temp(folder: int, name: str) -> tuple[int, str]:
+    """A new, empty, 0600 temp file beside ``name`` (O_EXCL: never one someone planted)."""
+    for _ in range(100):
+        tmp = f".{name}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder)
+        except FileExistsError:
+            continue
+        return fd, tmp
+    raise FileExistsError(errno.EEXIST, "could not find a free temporary name", name)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _link_backup(path: Path) -> Path | None:
-    """Hard-link the current ``path`` to a fresh hidden name beside it.
+def _link_backup(folder: int, name: str) -> str | None:
+    """Hard-link the current ``name`` to a fresh hidden name beside it.
 
     ``os.link`` cannot overwrite, so the link goes to a unique temporary name
-    and is later ``os.replace``d onto ``<path>.bak`` — an atomic swap of the
+    and is later ``os.replace``d onto ``<name>.bak`` — an atomic swap of the
     old backup. Returns None if there is no regular file to back up. The link
     shares the old file's inode, hence its mode and owner: no widening.
     """
     try:
-        st = os.lstat(path)
+        st = os.stat(name, dir_fd=folder, follow_symlinks=False)
     except FileNotFoundError:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
     for _ in range(100):
-        candidate = path.with_name(f".{path.name}.bak.{secrets.token_hex(6)}{_TEMP_SUFFIX}")
+        candidate = f".{name}.bak.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
         try:
-            os.link(path, candidate, follow_symlinks=False)
+            os.link(name, candidate, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
         except FileExistsError:
             continue
         return candidate
-    raise FileExistsError(errno.EEXIST, "could not find a free temporary backup name", str(path))
+    raise FileExistsError(errno.EEXIST, "could not find a free temporary backup name", name)
+
+
+def _unlink_quietly(folder: int, name: str | None) -> None:
+    if name is not None:
+        try:
+            os.unlink(name, dir_fd=folder)
+        except FileNotFoundError:
+            pass
 
 
 def atomic_write(
@@ -189,22 +154,23 @@ def atomic_write(
     """Atomically replace ``path`` with ``data``; return False if nothing changed.
 
     Nothing is written (and False returned) when ``path`` already is a
-    regular file holding exactly ``data`` with ``mode`` (and ``owner``, if
-    given): the service's file keeps its inode and mtime, so file watchers
-    do not fire for nothing.
+    regular file holding exactly ``data`` with ``mode`` and ``owner``: the
+    service's file keeps its inode and mtime, so file watchers do not fire
+    for nothing.
 
-    Otherwise: missing parent folders are created (0700); a temporary file is
-    made in the same folder (so ``os.replace`` is a rename, atomic on POSIX)
-    with ``mode``/``owner`` applied *before* any byte is written (the umask
-    cannot widen it, and the secret is never readable by others even for a
-    moment); the data is written, flushed and fsynced; with ``backup`` the old
-    file is hard-linked to ``<path>.bak`` (replacing an older backup); the
-    temp file is renamed over ``path``; the folder is fsynced so the rename
-    survives a power cut.
+    The folder is opened component by component without following symlinks
+    others control, and refused when another user can write it
+    (:func:`vaultsync.safefs.open_folder`); missing folders are created (0700,
+    owned by ``owner``). Everything after that is relative to the folder's
+    descriptor: a temporary file is made beside ``path`` (so the rename is
+    atomic) with ``owner`` and ``mode`` applied *before* any byte is written;
+    the data is written and fsynced; with ``backup`` the old file is
+    hard-linked to ``<path>.bak``; the temp file is renamed over ``path``;
+    the folder is fsynced so the rename survives a power cut.
 
-    ``owner`` is ``(uid, gid)``; an id that is -1, or both when ``owner`` is
-    None, is kept from the file being replaced (else left as created), so a
-    file chowned to its service stays the service's.
+    ``owner`` is ``(uid, gid)``, default the user vaultsync runs as; an id of
+    -1 means that default too. It is never taken from the file being
+    replaced: whoever planted that file must not get the next secret.
     On any error before the rename the temporary files are removed and
     ``path`` is untouched. A process killed mid-write (SIGKILL) can leave a
     ``.<name>.*.tmp`` file behind; see :func:`remove_stale_temp_files`.
@@ -217,44 +183,42 @@ def atomic_write(
     target = Path(os.fspath(path))
     if not target.name:
         raise ValueError(f"not a file path: {target}")
-    folder = target.parent
-    _make_parents(folder, owner)
-
-    if _unchanged(target, data, mode, owner):
-        return False
-    ids = _effective_owner(target, owner)
-
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=_TEMP_SUFFIX)
-    tmp = Path(tmp_name)
-    bak_tmp: Path | None = None
+    mine = safefs.default_owner()
+    ids = (mine[0] if owner is None or owner[0] == -1 else owner[0], mine[1] if owner is None or owner[1] == -1 else owner[1])
+    name = target.name
+    folder = safefs.open_folder(target.parent, owner=ids, create=True)
     try:
+        if _unchanged(folder, name, data, mode, ids):
+            return False
+        fd, tmp = _create_temp(folder, name)
+        bak_tmp: str | None = None
         try:
-            if ids != (-1, -1):
-                os.fchown(fd, *ids)  # before chmod: chown may clear mode bits
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if backup:
-            bak_tmp = _link_backup(target)
-            if bak_tmp is not None:
-                os.replace(bak_tmp, target.with_name(target.name + ".bak"))
-                bak_tmp = None
-        os.replace(tmp, target)
-    except BaseException:
-        for leftover in (tmp, bak_tmp):
-            if leftover is not None:
-                try:
-                    os.unlink(leftover)
-                except FileNotFoundError:
-                    pass
-        raise
-    _fsync_dir(folder)
-    return True
+            try:
+                st = os.fstat(fd)
+                if (st.st_uid, st.st_gid) != ids:
+                    os.fchown(fd, *ids)  # before chmod: chown may clear mode bits
+                os.fchmod(fd, mode)
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if backup:
+                bak_tmp = _link_backup(folder, name)
+                if bak_tmp is not None:
+                    os.replace(bak_tmp, name + ".bak", src_dir_fd=folder, dst_dir_fd=folder)
+                    bak_tmp = None
+            os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            _unlink_quietly(folder, tmp)
+            _unlink_quietly(folder, bak_tmp)
+            raise
+        os.fsync(folder)
+        return True
+    finally:
+        os.close(folder)
 
 
 def remove_stale_temp_files(path: str | os.PathLike[str]) -> int:
@@ -262,23 +226,28 @@ def remove_stale_temp_files(path: str | os.PathLike[str]) -> int:
     left behind (``.<name>.*.tmp`` beside it); return how many.
 
     Meant for daemon start-up, before any write to ``path`` is in flight:
-    a process killed by SIGKILL cannot clean up after itself.
+    a process killed by SIGKILL cannot clean up after itself. A folder that is
+    missing, unsafe or not a folder is left alone here (0 is returned): the
+    render of that destination reports why.
     """
     target = Path(os.fspath(path))
     prefix = f".{target.name}."
     removed = 0
     try:
-        entries = list(os.scandir(target.parent))
-    except FileNotFoundError:
+        folder = safefs.open_folder(target.parent, owner=safefs.default_owner())
+    except (OSError, VaultsyncError):
         return 0
-    for entry in entries:
-        name = entry.name
-        if name.startswith(prefix) and name.endswith(_TEMP_SUFFIX) and entry.is_file(follow_symlinks=False):
-            try:
-                os.unlink(entry.path)
-                removed += 1
-            except FileNotFoundError:
-                pass
+    try:
+        for entry in os.scandir(folder):
+            name = entry.name
+            if name.startswith(prefix) and name.endswith(_TEMP_SUFFIX) and entry.is_file(follow_symlinks=False):
+                try:
+                    os.unlink(name, dir_fd=folder)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    finally:
+        os.close(folder)
     return removed
 
 
@@ -310,6 +279,15 @@ class HookResult:
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and not self.timed_out
+
+    def output_excerpt(self, limit: int = _EXCERPT_CHARS) -> dict[str, str | None]:
+        """The hook's output for a *debug* log line: the end of each stream, at most ``limit``
+        characters, scrubbed of every known secret before it is cut (a hook that prints the
+        file it was called for prints every secret in it)."""
+        return {
+            "stdout": vlog.excerpt(self.stdout_tail, limit=limit, cut_at_start=self.stdout_truncated) or None,
+            "stderr": vlog.excerpt(self.stderr_tail, limit=limit, cut_at_start=self.stderr_truncated) or None,
+        }
 
 
 @dataclass
@@ -462,25 +440,77 @@ def _resolve_signal(signame: str | int | signal.Signals) -> signal.Signals:
     raise TypeError(f"signal must be a name or number, not {type(signame).__name__}")
 
 
-def signal_pidfile(pidfile: str | os.PathLike[str], signame: str | int | signal.Signals) -> int:
-    """Send ``signame`` (``"HUP"``, ``"SIGHUP"``, a number) to the pid in ``pidfile``.
-
-    Returns the pid signalled. The first line of the file must be a decimal
-    pid between 2 and the kernel's maximum: 0 and negative numbers would
-    signal whole process groups and 1 is init, so a corrupted pid file must
-    not be able to aim there. Raises :class:`PidfileError` for a missing,
-    unreadable or malformed file and for a process that is gone (stale pid
-    file) or that we may not signal; ``ValueError`` for an unknown signal.
-    """
-    sig = _resolve_signal(signame)
+def _read_pidfile(pidfile: str | os.PathLike[str]) -> tuple[bytes, os.stat_result]:
+    """The pid file's first bytes and its stat, opened through a trusted folder without
+    following a symlink; refused unless owned by root or vaultsync's user and writable by
+    no one else (whoever can write it chooses which process we signal)."""
     shown = os.fspath(pidfile)
+    path = Path(shown)
     try:
-        with open(pidfile, "rb") as fh:
-            raw = fh.read(4096)
+        folder = safefs.open_folder(path.parent, owner=safefs.default_owner())
+    except FileNotFoundError:
+        raise PidfileError(f"pid file {shown} does not exist") from None
+    except safefs.UnsafePath as exc:
+        raise PidfileError(f"pid file {shown}: {exc}") from None
+    try:
+        fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
     except FileNotFoundError:
         raise PidfileError(f"pid file {shown} does not exist") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PidfileError(f"pid file {shown} is a symlink; refusing to follow it") from None
         raise PidfileError(f"cannot read pid file {shown}: {exc.strerror or exc}") from None
+    finally:
+        os.close(folder)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PidfileError(f"pid file {shown} is not a regular file")
+        if st.st_uid not in (0, os.geteuid()):
+            raise PidfileError(f"pid file {shown} belongs to uid {st.st_uid}, not to root or to vaultsync's user; "
+                               "refusing to signal the process it names")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise PidfileError(f"pid file {shown} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}); "
+                               "refusing to signal the process it names")
+        return os.read(fd, 4096), st
+    finally:
+        os.close(fd)
+
+
+def process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (unix time, to about a clock tick), from /proc; None when
+    the platform has no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rpartition(b")")[2].split()  # the name in (...) may hold spaces
+        with open("/proc/stat", "rb") as fh:
+            btime = next(int(line.split()[1]) for line in fh if line.startswith(b"btime "))
+    except FileNotFoundError:
+        return None
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    return btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, in ticks since boot
+
+
+#: A process writes its pid file after it starts; /proc's boot time is whole seconds.
+_START_SLACK = 2.0
+
+
+def signal_pidfile(pidfile: str | os.PathLike[str], signame: str | int | signal.Signals) -> int:
+    """Send ``signame`` (``"HUP"``, ``"SIGHUP"``, a number) to the pid in ``pidfile``.
+
+    Returns the pid signalled. The file must be owned by root or vaultsync's user and
+    writable by no one else, reached without following an untrusted symlink. Its first line
+    must be a decimal pid between 2 and the kernel's maximum: 0 and negative numbers would
+    signal whole process groups and 1 is init. The process must have started before the pid
+    file was last written (else the pid was reused by another process after the service
+    died); it is pinned with a pidfd while this is checked, so it cannot be swapped either.
+    Raises :class:`PidfileError` for all of these and for a process that is gone or that we
+    may not signal; ``ValueError`` for an unknown signal.
+    """
+    sig = _resolve_signal(signame)
+    shown = os.fspath(pidfile)
+    raw, st = _read_pidfile(pidfile)
     first = raw.split(b"\n", 1)[0].strip()
     if not first.isdigit() or not first.isascii():
         raise PidfileError(f"pid file {shown} does not start with a pid")
@@ -489,12 +519,29 @@ def signal_pidfile(pidfile: str | os.PathLike[str], signame: str | int | signal.
         raise PidfileError(f"pid file {shown} holds pid {pid}, which is not a valid target")
     if pid == os.getpid():
         raise PidfileError(f"pid file {shown} names this very process ({pid})")
+    pidfd = None
     try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        raise PidfileError(f"process {pid} from pid file {shown} is not running (stale pid file)") from None
-    except PermissionError:
-        raise PidfileError(f"not allowed to signal process {pid} from pid file {shown}") from None
+        if hasattr(os, "pidfd_open"):
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                raise PidfileError(f"process {pid} from pid file {shown} is not running (stale pid file)") from None
+        started = process_start_time(pid)
+        if started is not None and started > st.st_mtime + _START_SLACK:
+            raise PidfileError(f"process {pid} started after pid file {shown} was written: the pid was reused "
+                               "(stale pid file); not signalling it")
+        try:
+            if pidfd is not None:
+                signal.pidfd_send_signal(pidfd, sig)
+            else:
+                os.kill(pid, sig)
+        except ProcessLookupError:
+            raise PidfileError(f"process {pid} from pid file {shown} is not running (stale pid file)") from None
+        except PermissionError:
+            raise PidfileError(f"not allowed to signal process {pid} from pid file {shown}") from None
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
     return pid
 
 

@@ -22,7 +22,7 @@ from vaultsync import connection
 from vaultsync.config import VaultSettings, token_with_source
 from vaultsync.errors import (BadInput, ConfigError, Conflict, OutcomeUnknown, SourceMissing, TokenInvalid, Unreachable,
                               VaultError)
-from vaultsync.logging import get_logger, register_secret
+from vaultsync.logging import get_logger, register_secret, remember_secret
 
 log = get_logger()
 
@@ -162,10 +162,12 @@ class KV:
                 resp = self.client.adapter.get(f"/v1/{self.mount}/data/{url}")
                 body = resp["data"]
                 meta = body.get("metadata") or {}
+                _remember_values(body.get("data"))
                 # A deleted or destroyed latest version reads as absent but keeps its number,
                 # which check-and-set must be given.
                 return Secret(path, body.get("data"), int(meta.get("version") or 0))
             resp = self.client.adapter.get(f"/v1/{self.mount}/{url}")
+            _remember_values(resp["data"])
             return Secret(path, resp["data"], 0)
         except hvac.exceptions.InvalidPath as exc:
             if self.version == 2 and exc.json and isinstance(exc.json.get("data"), dict):
@@ -198,6 +200,7 @@ class KV:
         Returns the new version (v2) or 0 (v1)."""
         path = normalize_path(path)
         url = _url_path(path)
+        _remember_values(data)
         try:
             if self.version == 2:
                 body: dict[str, Any] = {"data": data}
@@ -224,6 +227,39 @@ class KV:
         if self.version == 2:
             return {f"{self.mount}/data/{path}": ["read"], f"{self.mount}/metadata/{path}": ["read", "list"]}
         return {f"{self.mount}/{path}": ["read", "list"]}
+
+
+def _remember_values(data: Any) -> None:
+    """Every value read from or written to KV is scrubbed from the logs for the rest of the process."""
+    if isinstance(data, dict):
+        for value in data.values():
+            remember_secret(value)
+
+
+def _lease_url(action: str, lease_id: str) -> str:
+    return f"/v1/sys/leases/{action}/{quote(lease_id.strip('/'), safe='/')}"
+
+
+def renew_lease(client: hvac.Client, lease_id: str, increment: int | None = None) -> dict[str, Any]:
+    """Renew a lease with its id in the URL (``sys/leases/renew/<lease id>``), not in the body:
+    ACLs match the request path, so the daemon's policy can allow renewals of the leases that
+    come from the paths it reads (``sys/leases/renew/database/creds/api/*``) and no others.
+    A policy written for the body form (``sys/leases/renew``, as in ``default``) still works:
+    on *permission denied* the body form is tried once."""
+    body = {"increment": increment} if increment else {}
+    try:
+        resp = client.adapter.put(_lease_url("renew", lease_id), json=body)
+    except hvac.exceptions.Forbidden:
+        resp = client.adapter.put("/v1/sys/leases/renew", json={"lease_id": lease_id, **body})
+    return resp if isinstance(resp, dict) else {}
+
+
+def revoke_lease(client: hvac.Client, lease_id: str) -> None:
+    """Revoke a lease, its id in the URL (see :func:`renew_lease`)."""
+    try:
+        client.adapter.put(_lease_url("revoke", lease_id), json={})
+    except hvac.exceptions.Forbidden:
+        client.adapter.put("/v1/sys/leases/revoke", json={"lease_id": lease_id})
 
 
 def read_source(kv: KV, path: str, *, service: str, optional: bool = False) -> Secret:
