@@ -39,6 +39,7 @@ REQUIRED_ALERTS = {
     "VaultsyncRenderStale",
     "VaultsyncVaultUnreachable",
     "VaultsyncDown",
+    "VaultsyncForeignSecretAccess",
 }
 # The daemon's metric contract: rules may use nothing else.
 CONTRACT = {
@@ -56,6 +57,8 @@ CONTRACT = {
     "vaultsync_secret_version",
     "vaultsync_vault_up",
     "vaultsync_build_info",
+    # `vaultsync audit --watch` (vaultsync/audit_watch.py)
+    "vaultsync_audit_denied_requests_total",
 }
 
 
