@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import tomllib
 from collections.abc import Iterator
@@ -591,6 +592,7 @@ def stack_server(tmp_path: Path, composecheck: Path):
         '"0.0.0.0:8201"': f'"127.0.0.1:{cport}"',
         '"http://openbao:8200"': f'"http://127.0.0.1:{port}"',
         '"http://openbao:8201"': f'"http://127.0.0.1:{cport}"',
+        '"/openbao/logs/audit.log"': f'"{tmp_path / "audit.log"}"',  # honoured by OpenBao >= 2.4 only
     }
     for old, new in replacements.items():
         assert old in src, f"config.hcl no longer contains {old}; update this test"
@@ -609,6 +611,7 @@ def stack_server(tmp_path: Path, composecheck: Path):
     server.addr = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
     server.script_env = {  # type: ignore[attr-defined]
         **env, "BAO_ADDR": server.addr, "BAO_INIT_DIR": str(tmp_path / "init"), "BAO_UNSEAL_INTERVAL": "1",
+        "BAO_AUDIT_FILE": str(tmp_path / "audit.log"),
     }
     try:
         _seal_status(server.addr)  # type: ignore[attr-defined]
@@ -693,3 +696,33 @@ def test_init_unseal_refuses_to_guess_without_its_keys(stack_server) -> None:
     assert "init.json is missing" in err, err
     assert _seal_status(addr)["sealed"] is True
     assert not (Path(env["BAO_INIT_DIR"]) / "init.json").exists()
+
+
+def test_init_unseal_enables_two_audit_devices_once(stack_server, tmp_path: Path) -> None:
+    """After unsealing, a file audit device (JSON, read by `vaultsync audit`) and a second one (stdout) exist."""
+    addr, env = stack_server.addr, stack_server.script_env
+    run = _run(["sh", SCRIPT], env={**env, "BAO_INIT_ONESHOT": "1"}, timeout=120)
+    assert run.returncode == 0, run.stderr
+    root = json.loads((Path(env["BAO_INIT_DIR"]) / "init.json").read_text())["root_token"]
+    assert root not in run.stderr
+    devices = requests.get(f"{addr}/v1/sys/audit", headers={"X-Vault-Token": root}, timeout=5).json()["data"]
+    assert {path: (d["type"], d["options"]["file_path"]) for path, d in devices.items()} == {
+        "file/": ("file", env["BAO_AUDIT_FILE"]), "stdout/": ("file", "stdout")}, run.stderr
+    assert "audit devices: enabled file/" in run.stderr
+
+    # The file is the JSON audit log `vaultsync audit` reads: a refused read shows up as denied.
+    r = requests.get(f"{addr}/v1/secret/data/nope", headers={"X-Vault-Token": "not-a-token"}, timeout=5)
+    assert r.status_code == 403
+    audit_log = Path(env["BAO_AUDIT_FILE"])
+    assert audit_log.stat().st_mode & 0o777 == 0o600
+    res = _run([sys.executable, "-m", "vaultsync", "audit", audit_log, "--since", "1h", "--output", "json"],
+               env={**env, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["skipped"] == {} and report["counted"] >= 3
+    assert sum(s["denied"] for s in report["services"].values()) == 1
+    assert "not-a-token" not in audit_log.read_text()  # HMAC'd
+
+    # Run again (a restart of the stack): the devices are found, not enabled twice.
+    again = _run(["sh", SCRIPT], env={**env, "BAO_INIT_ONESHOT": "1"}, timeout=120)
+    assert again.returncode == 0 and "audit devices: 2 already enabled" in again.stderr, again.stderr
