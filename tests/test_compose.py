@@ -726,3 +726,29 @@ def test_init_unseal_enables_two_audit_devices_once(stack_server, tmp_path: Path
     # Run again (a restart of the stack): the devices are found, not enabled twice.
     again = _run(["sh", SCRIPT], env={**env, "BAO_INIT_ONESHOT": "1"}, timeout=120)
     assert again.returncode == 0 and "audit devices: 2 already enabled" in again.stderr, again.stderr
+
+
+def test_audit_log_is_collected_with_few_labels(project: dict[str, Any]) -> None:
+    """The file audit device's path (config.hcl) is what the collector tails, from the volume both mount;
+    only mount/operation/outcome become Loki index labels."""
+    hcl = (COMPOSE_DIR / "openbao" / "config.hcl").read_text()
+    audit_path = re.search(r'audit "file" "file" \{.*?file_path\s*=\s*"([^"]+)"', hcl, re.S).group(1)
+    assert re.search(r'audit "file" "stdout" \{.*?file_path\s*=\s*"stdout"', hcl, re.S), "no second audit device"
+    assert not re.search(r"^\s*log_raw\s*=", hcl, re.M), "audit values must stay HMAC'd"
+    mounts = {name: {v["target"]: v for v in svc.get("volumes") or []} for name, svc in project["services"].items()}
+    server_vol = next(v for t, v in mounts["openbao"].items() if audit_path.startswith(t + "/"))
+    cfg = yaml.safe_load((COMPOSE_DIR / "otel" / "config.yaml").read_text())
+    receiver = cfg["receivers"]["filelog/openbao-audit"]
+    (include,) = receiver["include"]
+    collector_vol = next(v for t, v in mounts["otel-collector"].items() if include.startswith(t + "/"))
+    assert collector_vol["source"] == server_vol["source"] and collector_vol.get("read_only")
+    assert include.rsplit("/", 1)[1] == audit_path.rsplit("/", 1)[1]
+    assert "filelog/openbao-audit" in cfg["service"]["pipelines"]["logs"]["receivers"]
+    assert receiver["storage"] in cfg["service"]["extensions"]
+    ops = receiver["operators"]
+    assert ops[0]["type"] == "json_parser"
+    labels = {op["field"].split('"')[1] for op in ops if op["type"] == "add" and op["field"].startswith("resource[")}
+    assert labels == {"service.name", "mount", "operation", "outcome"}
+    loki = yaml.safe_load((COMPOSE_DIR / "loki" / "config.yaml").read_text())
+    indexed = loki["limits_config"]["otlp_config"]["resource_attributes"]["attributes_config"]
+    assert indexed == [{"action": "index_label", "attributes": ["mount", "operation", "outcome"]}]
