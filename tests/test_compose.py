@@ -39,7 +39,7 @@ ENV_FRAGMENT = COMPOSE_DIR.parent / ".env.example"  # the one example .env: app 
 TOOL_DIR = ROOT / "tools" / "composecheck"
 
 SERVICES = {
-    "openbao", "openbao-init", "vaultsync", "kafka", "otel-collector", "prometheus", "alertmanager", "loki", "jaeger", "grafana",
+    "openbao", "openbao-init", "vaultsync", "vaultsync-audit", "kafka", "otel-collector", "prometheus", "alertmanager", "loki", "jaeger", "grafana",
 }
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|KEY", re.IGNORECASE)
 MUST_BE_REQUIRED = re.compile(r"PASSWORD|SECRET|TOKEN", re.IGNORECASE)
@@ -395,6 +395,8 @@ def test_prometheus_scrapes_the_stack(project: dict[str, Any], composecheck: Pat
         name: [t for sc in job.get("static_configs", []) for t in sc["targets"]] for name, job in jobs.items()
     }
     assert targets["vaultsync"] == ["vaultsync:9464"]
+    assert targets["vaultsync-audit"] == ["vaultsync-audit:9465"]
+    assert "0.0.0.0:9465" in project["services"]["vaultsync-audit"]["entrypoint"]
     toml = tomllib.loads((COMPOSE_DIR / "vaultsync" / "vaultsync.toml").read_text())
     assert toml["daemon"]["metrics_addr"].endswith(":9464")
     assert jobs["openbao"]["metrics_path"] == "/v1/sys/metrics"
@@ -714,7 +716,7 @@ def test_init_unseal_enables_two_audit_devices_once(stack_server, tmp_path: Path
     r = requests.get(f"{addr}/v1/secret/data/nope", headers={"X-Vault-Token": "not-a-token"}, timeout=5)
     assert r.status_code == 403
     audit_log = Path(env["BAO_AUDIT_FILE"])
-    assert audit_log.stat().st_mode & 0o777 == 0o600
+    assert audit_log.stat().st_mode & 0o777 == 0o640  # the server's group reads it (vaultsync-audit)
     res = _run([sys.executable, "-m", "vaultsync", "audit", audit_log, "--since", "1h", "--output", "json"],
                env={**env, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)
     assert res.returncode == 0, res.stderr

@@ -32,7 +32,7 @@ def window_start(since: str, now: datetime) -> datetime | None:
 
 def run(settings: Any, files: list[str], *, since: str, output: str, watch: bool, metrics_addr: str) -> None:
     identities = audit.identities_from_settings(settings)
-    for path in files:
+    for path in files if not watch else []:  # --watch waits for a file that is not there yet
         if not os.path.isfile(path):
             raise BadInput(f"{path}: no such audit log file")
     if watch:

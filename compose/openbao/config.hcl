@@ -58,7 +58,8 @@ audit "file" "file" {
   description = "JSON audit log on the openbao-logs volume"
   options {
     file_path = "/openbao/logs/audit.log"
-    mode      = "0600"
+    # owner and group openbao: the collector (root) and vaultsync-audit (group_add) read it
+    mode      = "0640"
   }
 }
 

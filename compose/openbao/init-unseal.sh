@@ -180,7 +180,7 @@ ensure_audit() {
     fi
     ok=1
     if ! err=$(BAO_TOKEN="$token" VAULT_TOKEN="$token" bao audit enable -address="$ADDR" -path=file file \
-        file_path="$AUDIT_FILE" mode=0600 2>&1 >/dev/null); then
+        file_path="$AUDIT_FILE" mode=0640 2>&1 >/dev/null); then
         log "audit devices: enabling file/ failed: $(printf '%s\n' "$err" | tail -n 1)"
         ok=0
     fi
