@@ -18,6 +18,7 @@ import requests
 
 from tests import least_privilege
 from tests.conftest import ROOT, run_cli
+from tests.test_daemon import database_engine
 from vaultsync.devserver import free_port
 
 pytestmark = pytest.mark.vault
@@ -27,9 +28,10 @@ ZERO = {"reads": 0, "writes": 0, "logins": 0, "failed_logins": 0, "token_renewal
         "tokens_created": 0, "denied": 0, "other": 0}
 
 
-def _config(tmp_path: Path) -> Path:
+def _config(tmp_path: Path, db_mount: str) -> Path:
     body = ['[kv]\nmount = "secret"\nprefix = "compose"\n', '[auth]\nmount = "approle"\n']
     body += [f'[services.{name}]\ntoken_ttl = "10m"\ntoken_max_ttl = "1h"\n' for name in SERVICES]
+    body[2] += f'dynamic = {{ db = "{db_mount}/creds/api" }}\n'  # api: a database lease it renews
     path = tmp_path / "vaultsync.toml"
     path.write_text("\n".join(body))
     return path
@@ -49,11 +51,13 @@ def _wait(predicate, timeout: float = 60.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-def test_report_counts_equal_the_operations_performed(fresh_vault, tmp_path):
+@pytest.mark.postgres
+def test_report_counts_equal_the_operations_performed(fresh_vault, postgres_server, tmp_path):
     server, node = fresh_vault, fresh_vault.node
     assert node is not None, "needs a server-mode node with a file audit device"
     root = server.client(server.token)
-    cfg = _config(tmp_path)
+    db = database_engine(root, postgres_server, default_ttl="5m", max_ttl="1h")
+    cfg = _config(tmp_path, db)
     root_env = server.env(tmp_path, server.token)
 
     metrics_addr = f"127.0.0.1:{free_port()}"
@@ -92,6 +96,10 @@ def test_report_counts_equal_the_operations_performed(fresh_vault, tmp_path):
                                                                       raise_on_deleted_version=True)
                 assert got["data"]["data"]["OWNER"] == name
             clients[name].auth.token.renew_self()
+        # api's dynamic database secret: issued once (a read), its lease renewed twice.
+        lease = clients["api"].read(f"{db}/creds/api")["lease_id"]
+        for _ in range(2):
+            clients["api"].sys.renew_lease(lease_id=lease, increment=300)
         for _ in range(2):  # web probes api's secret: refused twice
             with pytest.raises(hvac.exceptions.Forbidden):
                 clients["web"].secrets.kv.v2.read_secret_version(path="compose/api", mount_point="secret",
@@ -116,10 +124,14 @@ def test_report_counts_equal_the_operations_performed(fresh_vault, tmp_path):
     services = report["services"]
     for name, reads in SERVICES.items():
         expected = {**ZERO, "reads": reads, "logins": 1, "token_renewals": 1, "denied": 2 if name == "web" else 0}
+        if name == "api":
+            expected.update(reads=reads + 1, lease_renewals=2)
         assert services[name] == expected, name
     paths = {(p["service"], p["path"]): p for p in report["paths"]}
     assert paths[("web", "secret/data/compose/api")]["denied"] == 2
     assert paths[("api", "secret/data/compose/api")]["reads"] == 2
+    assert paths[("api", f"{db}/creds/api")]["reads"] == 1
+    assert paths[("api", "sys/leases/renew")]["lease_renewals"] == 2
     migrator_writes = {path: p["writes"] for (who, path), p in paths.items() if who == "unknown:token-migrator" and p["writes"]}
     assert migrator_writes == {f"secret/data/compose/{n}": 1 for n in SERVICES}
     assert services["unknown:anonymous"]["failed_logins"] == 1
