@@ -41,6 +41,7 @@ REQUIRED_ALERTS = {
     "VaultsyncDown",
     "VaultsyncLoginsFailing",
     "VaultsyncRotationsFailing",
+    "VaultsyncForeignSecretAccess",
 }
 # The daemon's metric contract: rules may use nothing else.
 CONTRACT = {
@@ -60,6 +61,8 @@ CONTRACT = {
     "vaultsync_build_info",
     "vaultsync_vault_requests_total",
     "vaultsync_hooks_total",
+    # `vaultsync audit --watch` (vaultsync/audit_watch.py)
+    "vaultsync_audit_denied_requests_total",
 }
 
 

@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import tomllib
@@ -39,7 +40,7 @@ ENV_FRAGMENT = COMPOSE_DIR.parent / ".env.example"  # the one example .env: app 
 TOOL_DIR = ROOT / "tools" / "composecheck"
 
 SERVICES = {
-    "openbao", "openbao-init", "vaultsync", "kafka", "otel-collector", "prometheus", "alertmanager", "loki", "jaeger", "grafana",
+    "openbao", "openbao-init", "vaultsync", "vaultsync-audit", "kafka", "otel-collector", "prometheus", "alertmanager", "loki", "jaeger", "grafana",
 }
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|KEY", re.IGNORECASE)
 MUST_BE_REQUIRED = re.compile(r"PASSWORD|SECRET|TOKEN", re.IGNORECASE)
@@ -395,6 +396,8 @@ def test_prometheus_scrapes_the_stack(project: dict[str, Any], composecheck: Pat
         name: [t for sc in job.get("static_configs", []) for t in sc["targets"]] for name, job in jobs.items()
     }
     assert targets["vaultsync"] == ["vaultsync:9464"]
+    assert targets["vaultsync-audit"] == ["vaultsync-audit:9465"]
+    assert "0.0.0.0:9465" in project["services"]["vaultsync-audit"]["entrypoint"]
     toml = tomllib.loads((COMPOSE_DIR / "vaultsync" / "vaultsync.toml").read_text())
     assert toml["daemon"]["metrics_addr"].endswith(":9464")
     assert jobs["openbao"]["metrics_path"] == "/v1/sys/metrics"
@@ -609,6 +612,7 @@ def stack_server(tmp_path: Path, composecheck: Path):
         '"0.0.0.0:8201"': f'"127.0.0.1:{cport}"',
         '"http://openbao:8200"': f'"http://127.0.0.1:{port}"',
         '"http://openbao:8201"': f'"http://127.0.0.1:{cport}"',
+        '"/openbao/logs/audit.log"': f'"{tmp_path / "audit.log"}"',  # honoured by OpenBao >= 2.4 only
     }
     for old, new in replacements.items():
         assert old in src, f"config.hcl no longer contains {old}; update this test"
@@ -627,6 +631,7 @@ def stack_server(tmp_path: Path, composecheck: Path):
     server.addr = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
     server.script_env = {  # type: ignore[attr-defined]
         **env, "BAO_ADDR": server.addr, "BAO_INIT_DIR": str(tmp_path / "init"), "BAO_UNSEAL_INTERVAL": "1",
+        "BAO_AUDIT_FILE": str(tmp_path / "audit.log"),
     }
     try:
         _seal_status(server.addr)  # type: ignore[attr-defined]
@@ -689,7 +694,7 @@ def test_init_unseal_never_replaces_an_existing_key_file(stack_server) -> None:
     keys = state / "init.json"
     keys.write_text('{"unseal_keys_b64": ["a2VlcC1tZS1rZWVwLW1lLWtlZXAtbWU="], "root_token": "keep-me"}')
     before = keys.read_bytes()
-    err = _run_helper_until(env, "doing nothing")
+    _run_helper_until(env, "doing nothing")
     assert keys.read_bytes() == before
     assert sorted(p.name for p in state.iterdir()) == ["init.json"]
     assert _seal_status(addr)["initialized"] is False
@@ -700,6 +705,62 @@ def test_init_unseal_refuses_to_guess_without_its_keys(stack_server) -> None:
     addr, env = stack_server.addr, stack_server.script_env
     init = requests.put(f"{addr}/v1/sys/init", json={"secret_shares": 1, "secret_threshold": 1}, timeout=30)
     assert init.status_code == 200, init.text
-    err = _run_helper_until(env, "init.json is missing")
+    _run_helper_until(env, "init.json is missing")
     assert _seal_status(addr)["sealed"] is True
     assert not (Path(env["BAO_INIT_DIR"]) / "init.json").exists()
+
+
+def test_init_unseal_enables_two_audit_devices_once(stack_server, tmp_path: Path) -> None:
+    """After unsealing, a file audit device (JSON, read by `vaultsync audit`) and a second one (stdout) exist."""
+    addr, env = stack_server.addr, stack_server.script_env
+    run = _run(["sh", SCRIPT], env={**env, "BAO_INIT_ONESHOT": "1"}, timeout=120)
+    assert run.returncode == 0, run.stderr
+    root = json.loads((Path(env["BAO_INIT_DIR"]) / "init.json").read_text())["root_token"]
+    assert root not in run.stderr
+    devices = requests.get(f"{addr}/v1/sys/audit", headers={"X-Vault-Token": root}, timeout=5).json()["data"]
+    assert {path: (d["type"], d["options"]["file_path"]) for path, d in devices.items()} == {
+        "file/": ("file", env["BAO_AUDIT_FILE"]), "stdout/": ("file", "stdout")}, run.stderr
+    assert "audit devices: enabled file/" in run.stderr
+
+    # The file is the JSON audit log `vaultsync audit` reads: a refused read shows up as denied.
+    r = requests.get(f"{addr}/v1/secret/data/nope", headers={"X-Vault-Token": "not-a-token"}, timeout=5)
+    assert r.status_code == 403
+    audit_log = Path(env["BAO_AUDIT_FILE"])
+    assert audit_log.stat().st_mode & 0o777 == 0o640  # the server's group reads it (vaultsync-audit)
+    res = _run([sys.executable, "-m", "vaultsync", "audit", audit_log, "--since", "1h", "--output", "json"],
+               env={**env, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["skipped"] == {} and report["counted"] >= 3
+    assert sum(s["denied"] for s in report["services"].values()) == 1
+    assert "not-a-token" not in audit_log.read_text()  # HMAC'd
+
+    # Run again (a restart of the stack): the devices are found, not enabled twice.
+    again = _run(["sh", SCRIPT], env={**env, "BAO_INIT_ONESHOT": "1"}, timeout=120)
+    assert again.returncode == 0 and "audit devices: 2 already enabled" in again.stderr, again.stderr
+
+
+def test_audit_log_is_collected_with_few_labels(project: dict[str, Any]) -> None:
+    """The file audit device's path (config.hcl) is what the collector tails, from the volume both mount;
+    only mount/operation/outcome become Loki index labels."""
+    hcl = (COMPOSE_DIR / "openbao" / "config.hcl").read_text()
+    audit_path = re.search(r'audit "file" "file" \{.*?file_path\s*=\s*"([^"]+)"', hcl, re.S).group(1)
+    assert re.search(r'audit "file" "stdout" \{.*?file_path\s*=\s*"stdout"', hcl, re.S), "no second audit device"
+    assert not re.search(r"^\s*log_raw\s*=", hcl, re.M), "audit values must stay HMAC'd"
+    mounts = {name: {v["target"]: v for v in svc.get("volumes") or []} for name, svc in project["services"].items()}
+    server_vol = next(v for t, v in mounts["openbao"].items() if audit_path.startswith(t + "/"))
+    cfg = yaml.safe_load((COMPOSE_DIR / "otel" / "config.yaml").read_text())
+    receiver = cfg["receivers"]["filelog/openbao-audit"]
+    (include,) = receiver["include"]
+    collector_vol = next(v for t, v in mounts["otel-collector"].items() if include.startswith(t + "/"))
+    assert collector_vol["source"] == server_vol["source"] and collector_vol.get("read_only")
+    assert include.rsplit("/", 1)[1] == audit_path.rsplit("/", 1)[1]
+    assert "filelog/openbao-audit" in cfg["service"]["pipelines"]["logs"]["receivers"]
+    assert receiver["storage"] in cfg["service"]["extensions"]
+    ops = receiver["operators"]
+    assert ops[0]["type"] == "json_parser"
+    labels = {op["field"].split('"')[1] for op in ops if op["type"] == "add" and op["field"].startswith("resource[")}
+    assert labels == {"service.name", "mount", "operation", "outcome"}
+    loki = yaml.safe_load((COMPOSE_DIR / "loki" / "config.yaml").read_text())
+    indexed = loki["limits_config"]["otlp_config"]["resource_attributes"]["attributes_config"]
+    assert indexed == [{"action": "index_label", "attributes": ["mount", "operation", "outcome"]}]

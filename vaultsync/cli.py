@@ -508,3 +508,26 @@ def status(state: State, metrics_addr: str | None, output: str) -> None:
         for path, dest in svc["destinations"].items():
             err = f" ({dest['error']})" if dest["error"] else ""
             click.echo(f"  {path}: {dest['result']}{err}")
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+
+@main.command("audit", context_settings=CONTEXT)
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--since", default="24h", show_default=True,
+              help="Window: a duration back from now (24h, 7d) or a UTC time (2026-01-31T08:00:00Z); 'all' for everything.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--watch", is_flag=True, help="Tail the (one) file and export metrics for Prometheus until SIGTERM.")
+@click.option("--metrics-addr", default="127.0.0.1:9465", show_default=True, help="With --watch: where /metrics listens.")
+@click.pass_obj
+@handle_errors
+def audit_cmd(state: State, files: tuple[str, ...], since: str, output: str, watch: bool, metrics_addr: str) -> None:
+    """Who read, wrote, renewed and was refused, per service and secret path, from audit log FILES.
+
+    FILES default to ./audit.log; give rotated ones oldest first (.gz is read too). Services come from
+    the config's [services] (AppRole role and token display names). Skipped lines are reported."""
+    from vaultsync import audit_cli
+
+    audit_cli.run(state.settings(), list(files) or ["audit.log"], since=since, output=output, watch=watch,
+                  metrics_addr=metrics_addr)

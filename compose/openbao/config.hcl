@@ -45,3 +45,27 @@ telemetry {
 # Logs go to stdout (docker logs / the collector); JSON is easier to ship.
 log_format = "json"
 log_level  = "info"
+
+# Audit devices: who did what, with every secret value and token HMAC'd (log_raw stays false).
+# Two devices because the server refuses requests it cannot audit to at least one device: a full
+# disk under the file must not stop the server, so a second copy goes to stdout (docker's
+# json-file driver, rotated by it). OpenBao >= 2.4 creates audit devices only from this file (the
+# API is refused since CVE-2025-54997); servers that ignore these blocks (Vault, older OpenBao)
+# get the same two devices from openbao-init (init-unseal.sh, ensure_audit).
+# The file is read by the collector (filelog/openbao-audit) and by `vaultsync audit`; rotate it
+# with logrotate + `docker compose kill -s HUP openbao` (README: "Audit log").
+audit "file" "file" {
+  description = "JSON audit log on the openbao-logs volume"
+  options {
+    file_path = "/openbao/logs/audit.log"
+    # owner and group openbao: the collector (root) and vaultsync-audit (group_add) read it
+    mode      = "0640"
+  }
+}
+
+audit "file" "stdout" {
+  description = "second device so a full disk does not block the server"
+  options {
+    file_path = "stdout"
+  }
+}

@@ -11,7 +11,8 @@
 #      existing key file;
 #   3. unseals the server whenever it is sealed: at every start of the stack
 #      and whenever the server container restarts on its own;
-#   4. keeps watching every $BAO_UNSEAL_INTERVAL seconds.
+#   4. once unsealed, makes sure audit devices exist (see ensure_audit);
+#   5. keeps watching every $BAO_UNSEAL_INTERVAL seconds.
 # The unseal material never appears in docker-compose.yml, in .env, in the
 # environment or in the logs.
 #
@@ -31,6 +32,7 @@
 #   BAO_UNSEAL_KEY_THRESHOLD  -key-threshold        [1]
 #   BAO_UNSEAL_INTERVAL       seconds between checks [10]
 #   BAO_INIT_ONESHOT          1: exit 0 once unsealed instead of watching [0]
+#   BAO_AUDIT_FILE            the server's file audit log [/openbao/logs/audit.log]
 
 set -u
 umask 077
@@ -42,6 +44,8 @@ SHARES="${BAO_UNSEAL_KEY_SHARES:-1}"
 THRESHOLD="${BAO_UNSEAL_KEY_THRESHOLD:-1}"
 INTERVAL="${BAO_UNSEAL_INTERVAL:-10}"
 ONESHOT="${BAO_INIT_ONESHOT:-0}"
+AUDIT_FILE="${BAO_AUDIT_FILE:-/openbao/logs/audit.log}"
+AUDIT_CHECKED=0
 
 log() {
     printf '%s init-unseal: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2
@@ -141,6 +145,54 @@ unseal() {
     return 1
 }
 
+root_token() {
+    tr -d '\n\r' <"$INIT_FILE" |
+        sed -n 's/.*"root_token"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p'
+}
+
+# Two audit devices: a JSON file (collected, read by `vaultsync audit`) and stdout, so that a full
+# disk under the file does not block the server. OpenBao >= 2.4 creates them from config.hcl; a
+# server that ignored those blocks has none, and gets them here with the initial root token
+# (given to `bao` in its environment, never as an argument; VAULT_TOKEN too, for a vault binary). Checked once per start of this helper;
+# once that token is revoked this only reports.
+ensure_audit() {
+    [ "$AUDIT_CHECKED" = "1" ] && return 0
+    AUDIT_CHECKED=1
+    token=$(root_token)
+    if [ -z "$token" ]; then
+        log "audit devices: no initial root token in $INIT_FILE to check them with"
+        return 0
+    fi
+    # Just unsealed, the node may not be active yet: wait for it (up to ~30 s), not for a refusal.
+    tries=0
+    until listed=$(BAO_TOKEN="$token" VAULT_TOKEN="$token" bao audit list -address="$ADDR" -format=json 2>&1); do
+        tries=$((tries + 1))
+        if printf '%s' "$listed" | grep -q "permission denied" || [ "$tries" -ge 30 ]; then
+            log "audit devices: cannot list them ($(printf '%s\n' "$listed" | tail -n 1 | cut -c1-120));" \
+                "the initial root token may be revoked; they are declared in config.hcl"
+            return 0
+        fi
+        pause 1
+    done
+    if printf '%s' "$listed" | grep -q '"type"'; then
+        log "audit devices: $(printf '%s' "$listed" | grep -o '"type"' | wc -l | tr -d ' ') already enabled"
+        return 0
+    fi
+    ok=1
+    if ! err=$(BAO_TOKEN="$token" VAULT_TOKEN="$token" bao audit enable -address="$ADDR" -path=file file \
+        file_path="$AUDIT_FILE" mode=0640 2>&1 >/dev/null); then
+        log "audit devices: enabling file/ failed: $(printf '%s\n' "$err" | tail -n 1)"
+        ok=0
+    fi
+    if ! err=$(BAO_TOKEN="$token" VAULT_TOKEN="$token" bao audit enable -address="$ADDR" -path=stdout file \
+        file_path=stdout 2>&1 >/dev/null); then
+        log "audit devices: enabling stdout/ failed: $(printf '%s\n' "$err" | tail -n 1)"
+        ok=0
+    fi
+    [ "$ok" = "1" ] && log "audit devices: enabled file/ ($AUDIT_FILE) and stdout/"
+    return 0
+}
+
 step() {
     init_status
     case $? in
@@ -165,14 +217,18 @@ step() {
 
     seal_status
     case $? in
-    0) return 0 ;;
+    0)
+        ensure_audit
+        return 0
+        ;;
     2)
         if [ ! -s "$INIT_FILE" ]; then
             log "server is initialised and sealed, but $INIT_FILE is missing: restore the openbao-init volume or unseal by hand"
             return 1
         fi
         log "server is sealed: unsealing"
-        unseal
+        unseal || return 1
+        ensure_audit
         ;;
     *)
         log "server at $ADDR did not report its seal status"
