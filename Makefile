@@ -10,7 +10,7 @@ SERVER_VERSION := vault-v1.14.1
 SERVER := $(CACHE)/$(SERVER_VERSION)/vault
 PYTEST_ARGS ?=
 
-.PHONY: install server system-deps envcheck demo test coverage mutation bench clean
+.PHONY: install server system-deps envcheck jaeger otelcol kafka telemetry demo test coverage mutation bench clean
 
 install: $(VENV)/.installed server
 
@@ -44,6 +44,48 @@ $(ENVCHECK): tools/envcheck/go.mod tools/envcheck/go.sum tools/envcheck/main.go
 	@mkdir -p "$(dir $@)"
 	cd tools/envcheck && go build -trimpath -o "$@.tmp" . && mv "$@.tmp" "$@"
 
+# The compose stack's telemetry parts the tests run for real (tests/fixtures_telemetry.py),
+# each built or resolved once per machine into $(CACHE) (keyed by version or input hash, so a
+# target never depends on file dates and is never rebuilt when present).
+# Jaeger v2 (an OpenTelemetry Collector distribution) from the Go module proxy, pinned in tools/jaeger/go.mod.
+JAEGER_VERSION := v1.76.0
+JAEGER := $(CACHE)/jaeger-$(JAEGER_VERSION)/jaeger
+# The collector, generated and compiled by the official builder (pinned in tools/otelcol/builder/go.mod)
+# from tools/otelcol/builder-config.yaml; keyed by those inputs.
+OTELCOL_HASH = $(shell cat tools/otelcol/builder-config.yaml tools/otelcol/builder/go.mod tools/otelcol/builder/go.sum | sha256sum | cut -c1-12)
+OTELCOL_DIR = $(CACHE)/otelcol-$(OTELCOL_HASH)
+OTELCOL = $(OTELCOL_DIR)/otelcol-vaultsync
+# Kafka (KRaft) broker jars from Maven Central, resolved by tools/kafka/pom.xml.
+KAFKA_VERSION := 3.9.0
+KAFKA_LIBS := $(CACHE)/kafka-$(KAFKA_VERSION)/libs
+
+telemetry: jaeger otelcol kafka
+
+jaeger: $(JAEGER)
+
+$(JAEGER):
+	@echo "jaeger: building $(JAEGER_VERSION) from the Go module proxy (once per machine, ~5 min)"
+	@mkdir -p "$(dir $@)"
+	cd tools/jaeger && go build -trimpath -ldflags '-s -w' -o "$@.tmp" github.com/jaegertracing/jaeger/cmd/jaeger && mv "$@.tmp" "$@"
+
+otelcol: $(OTELCOL)
+
+$(OTELCOL):
+	@echo "otelcol: building with the OpenTelemetry Collector builder (once per machine, ~5 min)"
+	@rm -rf "$(OTELCOL_DIR).tmp" && mkdir -p "$(OTELCOL_DIR).tmp"
+	cd tools/otelcol/builder && go build -o "$(OTELCOL_DIR).tmp/builder" go.opentelemetry.io/collector/cmd/builder
+	cd "$(OTELCOL_DIR).tmp" && ./builder --config "$(CURDIR)/tools/otelcol/builder-config.yaml" --ldflags='-s -w' \
+		&& mv src/otelcol-vaultsync . && rm -rf src builder
+	@rm -rf "$(OTELCOL_DIR)" && mv "$(OTELCOL_DIR).tmp" "$(OTELCOL_DIR)"
+
+kafka: $(KAFKA_LIBS)/.resolved
+
+$(KAFKA_LIBS)/.resolved:
+	@echo "kafka: resolving the $(KAFKA_VERSION) broker and its dependencies from Maven Central (once per machine)"
+	@rm -rf "$(KAFKA_LIBS).tmp"
+	mvn -B -q -f tools/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$(KAFKA_LIBS).tmp"
+	@rm -rf "$(KAFKA_LIBS)" && mv "$(KAFKA_LIBS).tmp" "$(KAFKA_LIBS)" && touch "$@"
+
 # PostgreSQL (dynamic database credentials), Prometheus/promtool (alert rules) and Alertmanager/amtool from Debian.
 system-deps:
 	@missing=""; \
@@ -58,7 +100,7 @@ system-deps:
 demo: install
 	@bash scripts/demo.sh
 
-test: install system-deps envcheck
+test: install system-deps envcheck telemetry
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The whole suite under coverage, subprocesses (CLI, daemon) included; per-module report with the
