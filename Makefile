@@ -105,7 +105,7 @@ test: install system-deps envcheck telemetry
 
 # The whole suite under coverage, subprocesses (CLI, daemon) included; per-module report with the
 # missing lines. Fails when the total drops below [tool.coverage.report] fail_under.
-coverage: install system-deps envcheck
+coverage: install system-deps envcheck telemetry
 	rm -f .coverage .coverage.*
 	$(BIN)/python -m coverage run -m pytest $(PYTEST_ARGS); status=$$?; \
 	$(BIN)/python -m coverage combine -q && $(BIN)/python -m coverage report; report=$$?; \
