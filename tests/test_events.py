@@ -1,0 +1,90 @@
+"""The events output: CloudEvents 1.0 JSON on a real Kafka broker (3.9.0, KRaft), keyed by service,
+never a value, lease id or token; a full local queue drops (counted) instead of blocking."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from datetime import datetime, timezone
+
+import pytest
+from confluent_kafka import Consumer
+from prometheus_client import CollectorRegistry
+
+from vaultsync.events import EventConfigError, KafkaEvents, KafkaSettings, cloud_event
+
+
+def test_cloud_event_shape_and_subject():
+    ev = cloud_event("rotated", "api", "db", version=3, previous_version=2,
+                     now=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc), event_id="e1")
+    assert ev == {
+        "specversion": "1.0", "id": "e1", "source": "/vaultsync", "type": "io.vaultsync.secret.rotated",
+        "subject": "api/db", "time": "2026-01-02T03:04:05Z", "datacontenttype": "application/json",
+        "data": {"service": "api", "secret": "db", "version": 3, "previous_version": 2},
+    }
+
+
+@pytest.mark.parametrize("field", ["value", "lease_id", "token", "password", "secret_id"])
+def test_cloud_event_refuses_fields_that_could_hold_a_secret(field):
+    with pytest.raises(ValueError, match=field):
+        cloud_event("rotated", "api", "db", **{field: "x"})
+
+
+def test_settings_errors_name_the_setting_never_its_value():
+    with pytest.raises(EventConfigError, match="bootstrap"):
+        KafkaSettings.from_table({"topic": "t"})
+    with pytest.raises(EventConfigError, match="passwd") as err:
+        KafkaSettings.from_table({"bootstrap": "h:1", "passwd": "hunter2-canary"})
+    assert "hunter2-canary" not in str(err.value)
+    s = KafkaSettings.from_table({"bootstrap": "h:1", "sasl.mechanism": "PLAIN", "sasl.password": "p-canary"})
+    assert "p-canary" not in repr(s) and s.producer_config()["enable.idempotence"] is True
+
+
+def _consume(bootstrap: str, topic: str, want: int, timeout: float = 60.0) -> list:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g{secrets.token_hex(3)}",
+                         "auto.offset.reset": "earliest"})
+    got = []
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + timeout
+        while len(got) < want and time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is not None and msg.error() is None:
+                got.append(msg)
+    finally:
+        consumer.close()
+    return got
+
+
+def test_events_reach_kafka_keyed_by_service_in_order(kafka_broker):
+    topic = f"vaultsync.events.{secrets.token_hex(4)}"
+    registry = CollectorRegistry()
+    out = KafkaEvents(KafkaSettings(kafka_broker.bootstrap, topic), registry=registry)
+    for version in (1, 2, 3):
+        assert out.publish(cloud_event("rotated", "api", "db", version=version))
+    assert out.publish(cloud_event("lease_reissued", "web", "pg", ttl_seconds=30))
+    assert out.close(60) == 0
+    msgs = _consume(kafka_broker.bootstrap, topic, 4)
+    assert len(msgs) == 4
+    api = [json.loads(m.value()) for m in msgs if m.key() == b"api"]
+    assert [e["data"]["version"] for e in api] == [1, 2, 3]  # one key, one partition: ordered
+    assert len({m.partition() for m in msgs if m.key() == b"api"}) == 1
+    web = [json.loads(m.value()) for m in msgs if m.key() == b"web"]
+    assert web[0]["type"] == "io.vaultsync.lease.reissued" and web[0]["subject"] == "web/pg"
+    assert registry.get_sample_value("vaultsync_events_published_total") == 4
+
+
+def test_a_full_queue_drops_and_counts_instead_of_blocking(kafka_broker):
+    registry = CollectorRegistry()
+    logged = []
+    out = KafkaEvents(KafkaSettings(kafka_broker.bootstrap, f"vaultsync.events.{secrets.token_hex(4)}", queue_size=1),
+                      registry=registry, log=lambda msg, **f: logged.append(msg))
+    started = time.monotonic()
+    results = [out.publish(cloud_event("rotated", "api", "db", version=v)) for v in range(50)]
+    assert time.monotonic() - started < 2.0
+    dropped = results.count(False)
+    assert dropped >= 1
+    assert registry.get_sample_value("vaultsync_events_dropped_total", {"reason": "queue_full"}) == dropped
+    assert "event dropped: queue full" in logged
+    out.close(60)
