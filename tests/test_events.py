@@ -88,3 +88,37 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(kafka_broker):
     assert registry.get_sample_value("vaultsync_events_dropped_total", {"reason": "queue_full"}) == dropped
     assert "event dropped: queue full" in logged
     out.close(60)
+
+
+def test_daemon_rotation_events_on_kafka_carry_no_value(kv2, root, vault_server, tmp_path, kafka_broker):
+    from tests.daemon_harness import DaemonProc, daemon_env
+
+    topic = f"vaultsync.events.{secrets.token_hex(4)}"
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"STATIC": "s"}, mount_point=kv2)
+    token = root.auth.token.create(policies=["root"], ttl="1h")["auth"]["client_token"]
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = work / "vaultsync.toml"
+    cfg.write_text(
+        f'[vault]\ntimeout = "3s"\n[kv]\nmount = "{kv2}"\nprefix = "compose"\n[daemon]\npoll_interval = "1s"\n'
+        f'[events]\nkafka = {{ bootstrap = "{kafka_broker.bootstrap}", topic = "{topic}" }}\n'
+        '[services.api]\n[[services.api.rotate]]\nkey = "SESSION_SECRET"\ngenerator = "hex"\nlength = 16\nevery = "3s"\n'
+    )
+    d = DaemonProc(cfg, daemon_env(vault_server, token, work), work, name="events").start()
+    try:
+        deadline = time.monotonic() + 60
+        while d.count("rotated") < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        assert d.stop() == 0, d.tail()  # SIGTERM: queued events are flushed before exit
+    rotations = d.count("rotated")
+    assert rotations >= 2, d.tail()
+    msgs = _consume(kafka_broker.bootstrap, topic, rotations)
+    rotated = [json.loads(m.value()) for m in msgs if m.key() == b"api"]
+    assert len(rotated) == rotations
+    assert all(e["type"] == "io.vaultsync.secret.rotated" and e["subject"] == "api/SESSION_SECRET" for e in rotated)
+    assert [e["data"]["version"] for e in rotated] == sorted(e["data"]["version"] for e in rotated)
+    value = root.secrets.kv.v2.read_secret_version(path="compose/api", mount_point=kv2,
+                                                   raise_on_deleted_version=True)["data"]["data"]["SESSION_SECRET"]
+    raw = b"".join(m.value() for m in msgs)
+    assert value.encode() not in raw and token.encode() not in raw

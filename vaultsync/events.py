@@ -152,3 +152,26 @@ def _default_log(message: str, **fields: Any) -> None:
     from vaultsync.logging import get_logger
 
     get_logger().warning(message, **fields)
+
+
+class Emitter:
+    """The daemon's side of the seam: ``emit`` never raises and never blocks; a no-op when not configured."""
+
+    def __init__(self, sink: KafkaEvents | None = None) -> None:
+        self._sink = sink
+
+    @classmethod
+    def from_settings(cls, settings: KafkaSettings | None, registry: Any = None) -> Emitter:
+        return cls(KafkaEvents(settings, registry=registry) if settings is not None else None)
+
+    def emit(self, kind: str, service: str, secret: str | None = None, **data: Any) -> None:
+        if self._sink is None:
+            return
+        try:
+            self._sink.publish(cloud_event(kind, service, secret, **data))
+        except Exception as exc:  # noqa: BLE001 - events must never break renewals or renders
+            _default_log("event not sent", kind=kind, service=service, error=type(exc).__name__)
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self._sink is not None:
+            self._sink.close(timeout)
