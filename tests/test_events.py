@@ -113,9 +113,14 @@ def test_daemon_rotation_events_on_kafka_carry_no_value(kv2, root, vault_server,
         assert d.stop() == 0, d.tail()  # SIGTERM: queued events are flushed before exit
     rotations = d.count("rotated")
     assert rotations >= 2, d.tail()
-    msgs = _consume(kafka_broker.bootstrap, topic, rotations)
-    rotated = [json.loads(m.value()) for m in msgs if m.key() == b"api"]
+    msgs = _consume(kafka_broker.bootstrap, topic, 2 * rotations)
+    assert {m.key() for m in msgs} == {b"api"}
+    events = [json.loads(m.value()) for m in msgs]
+    rotated = [e for e in events if e["type"] == "io.vaultsync.secret.rotated"]
     assert len(rotated) == rotations
+    # Each rotation writes a new KV version, which the daemon's next read reports too.
+    changed = [e for e in events if e["type"] == "io.vaultsync.kv.version_changed"]
+    assert changed and all(e["subject"] == "api" and e["data"]["path"] == "compose/api" for e in changed)
     assert all(e["type"] == "io.vaultsync.secret.rotated" and e["subject"] == "api/SESSION_SECRET" for e in rotated)
     assert [e["data"]["version"] for e in rotated] == sorted(e["data"]["version"] for e in rotated)
     value = root.secrets.kv.v2.read_secret_version(path="compose/api", mount_point=kv2,

@@ -544,6 +544,8 @@ class Daemon(RecoveryMixin):
             self.metrics.secret_version.labels(service, "kv").set(secret.version)
         if (changed or recovering or first_load) and not initial:
             log.info("kv secret changed", service=service, version=secret.version)
+            if changed:
+                self.events.emit("kv_version_changed", service, path=st.settings.kv_path, version=secret.version)
             self._render_all(service, reason="kv changed" if changed else "server back")
         elif not initial:
             self._verify_all(service)
