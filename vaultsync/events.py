@@ -110,8 +110,13 @@ class KafkaEvents:
         self.settings = settings
         self._log = log or _default_log
         if producer is None:
-            from confluent_kafka import Producer
+            try:
+                from confluent_kafka import Producer
+            except ImportError:
+                from vaultsync.errors import ConfigError
 
+                raise ConfigError("events.kafka is set but the events extra is not installed: "
+                                  "pip install 'vaultsync[events]'") from None
             producer = Producer(settings.producer_config())
         self._producer = producer
         kwargs = {"registry": registry} if registry is not None else {}
