@@ -138,3 +138,6 @@ def test_traces_and_logs_flow_through_the_built_collector(kv2, cli, tmp_path, ja
     records = wait_for(parsed, "filelog records at the debug exporter", collector.proc, collector.log, timeout=60)
     assert {r["event"] for r in records} == {"lease renewed", "lease renewal failed"}
     assert all(r["secret"] == "db" and r["app"] == "vaultsync" for r in records)
+    # The compose operators label the stream (resource service.name) and the resource processor tags it.
+    text = collector.log.read_text(errors="replace")
+    assert "service.name: Str(vaultsync)" in text and "deployment.environment: Str(e2e)" in text
