@@ -78,7 +78,7 @@ $(OTELCOL):
 		&& mv src/otelcol-vaultsync . && rm -rf src builder
 	@rm -rf "$(OTELCOL_DIR)" && mv "$(OTELCOL_DIR).tmp" "$(OTELCOL_DIR)"
 
-kafka: $(KAFKA_LIBS)/.resolved
+kafka: system-deps $(KAFKA_LIBS)/.resolved
 
 $(KAFKA_LIBS)/.resolved:
 	@echo "kafka: resolving the $(KAFKA_VERSION) broker and its dependencies from Maven Central (once per machine)"
@@ -86,12 +86,15 @@ $(KAFKA_LIBS)/.resolved:
 	mvn -B -q -f tools/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$(KAFKA_LIBS).tmp"
 	@rm -rf "$(KAFKA_LIBS)" && mv "$(KAFKA_LIBS).tmp" "$(KAFKA_LIBS)" && touch "$@"
 
-# PostgreSQL (dynamic database credentials), Prometheus/promtool (alert rules) and Alertmanager/amtool from Debian.
+# PostgreSQL (dynamic database credentials), Prometheus/promtool (alert rules), Alertmanager/amtool, and Maven + a
+# JRE (the Kafka broker) from Debian.
 system-deps:
 	@missing=""; \
 	[ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
 	[ -x /usr/bin/prometheus-alertmanager ] || missing="$$missing prometheus-alertmanager"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	if [ -n "$$missing" ]; then \
 		echo "system-deps: installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
