@@ -48,6 +48,10 @@ def _local_config(containers: Path, jaeger_grpc: str) -> tuple[dict, int]:
     config = copy.deepcopy(yaml.safe_load(COMPOSE_OTEL.read_text()))
     http_port = free_port()
     config["extensions"]["health_check"]["endpoint"] = f"127.0.0.1:{free_port()}"
+    if "file_storage/filelog" in config["extensions"]:
+        config["extensions"]["file_storage/filelog"]["directory"] = str(containers.parent / "file_storage")
+    if "filelog/openbao-audit" in config["receivers"]:
+        config["receivers"]["filelog/openbao-audit"]["include"] = [str(containers.parent / "openbao-audit.log")]
     protocols = config["receivers"]["otlp"]["protocols"]
     protocols["grpc"]["endpoint"] = f"127.0.0.1:{free_port()}"
     protocols["http"]["endpoint"] = f"127.0.0.1:{http_port}"
