@@ -10,7 +10,7 @@ SERVER_VERSION := vault-v1.14.1
 SERVER := $(CACHE)/$(SERVER_VERSION)/vault
 PYTEST_ARGS ?=
 
-.PHONY: install server system-deps envcheck demo test coverage mutation bench clean
+.PHONY: install server system-deps envcheck jaeger otelcol kafka telemetry demo test coverage mutation bench clean
 
 install: $(VENV)/.installed server
 
@@ -44,12 +44,57 @@ $(ENVCHECK): tools/envcheck/go.mod tools/envcheck/go.sum tools/envcheck/main.go
 	@mkdir -p "$(dir $@)"
 	cd tools/envcheck && go build -trimpath -o "$@.tmp" . && mv "$@.tmp" "$@"
 
-# PostgreSQL (dynamic database credentials), Prometheus/promtool (alert rules) and Alertmanager/amtool from Debian.
+# The compose stack's telemetry parts the tests run for real (tests/fixtures_telemetry.py),
+# each built or resolved once per machine into $(CACHE) (keyed by version or input hash, so a
+# target never depends on file dates and is never rebuilt when present).
+# Jaeger v2 (an OpenTelemetry Collector distribution) from the Go module proxy, pinned in tools/jaeger/go.mod.
+JAEGER_VERSION := v1.76.0
+JAEGER := $(CACHE)/jaeger-$(JAEGER_VERSION)/jaeger
+# The collector, generated and compiled by the official builder (pinned in tools/otelcol/builder/go.mod)
+# from tools/otelcol/builder-config.yaml; keyed by those inputs.
+OTELCOL_HASH = $(shell cat tools/otelcol/builder-config.yaml tools/otelcol/builder/go.mod tools/otelcol/builder/go.sum | sha256sum | cut -c1-12)
+OTELCOL_DIR = $(CACHE)/otelcol-$(OTELCOL_HASH)
+OTELCOL = $(OTELCOL_DIR)/otelcol-vaultsync
+# Kafka (KRaft) broker jars from Maven Central, resolved by tools/kafka/pom.xml.
+KAFKA_VERSION := 3.9.0
+KAFKA_LIBS := $(CACHE)/kafka-$(KAFKA_VERSION)/libs
+
+telemetry: jaeger otelcol kafka
+
+jaeger: $(JAEGER)
+
+$(JAEGER):
+	@echo "jaeger: building $(JAEGER_VERSION) from the Go module proxy (once per machine, ~5 min)"
+	@mkdir -p "$(dir $@)"
+	cd tools/jaeger && go build -trimpath -ldflags '-s -w' -o "$@.tmp" github.com/jaegertracing/jaeger/cmd/jaeger && mv "$@.tmp" "$@"
+
+otelcol: $(OTELCOL)
+
+$(OTELCOL):
+	@echo "otelcol: building with the OpenTelemetry Collector builder (once per machine, ~5 min)"
+	@rm -rf "$(OTELCOL_DIR).tmp" && mkdir -p "$(OTELCOL_DIR).tmp"
+	cd tools/otelcol/builder && go build -o "$(OTELCOL_DIR).tmp/builder" go.opentelemetry.io/collector/cmd/builder
+	cd "$(OTELCOL_DIR).tmp" && ./builder --config "$(CURDIR)/tools/otelcol/builder-config.yaml" --ldflags='-s -w' \
+		&& mv src/otelcol-vaultsync . && rm -rf src builder
+	@rm -rf "$(OTELCOL_DIR)" && mv "$(OTELCOL_DIR).tmp" "$(OTELCOL_DIR)"
+
+kafka: system-deps $(KAFKA_LIBS)/.resolved
+
+$(KAFKA_LIBS)/.resolved:
+	@echo "kafka: resolving the $(KAFKA_VERSION) broker and its dependencies from Maven Central (once per machine)"
+	@rm -rf "$(KAFKA_LIBS).tmp"
+	mvn -B -q -f tools/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$(KAFKA_LIBS).tmp"
+	@rm -rf "$(KAFKA_LIBS)" && mv "$(KAFKA_LIBS).tmp" "$(KAFKA_LIBS)" && touch "$@"
+
+# PostgreSQL (dynamic database credentials), Prometheus/promtool (alert rules), Alertmanager/amtool, and Maven + a
+# JRE (the Kafka broker) from Debian.
 system-deps:
 	@missing=""; \
 	[ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
 	[ -x /usr/bin/prometheus-alertmanager ] || missing="$$missing prometheus-alertmanager"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	if [ -n "$$missing" ]; then \
 		echo "system-deps: installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -58,12 +103,12 @@ system-deps:
 demo: install
 	@bash scripts/demo.sh
 
-test: install system-deps envcheck
+test: install system-deps envcheck telemetry
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The whole suite under coverage, subprocesses (CLI, daemon) included; per-module report with the
 # missing lines. Fails when the total drops below [tool.coverage.report] fail_under.
-coverage: install system-deps envcheck
+coverage: install system-deps envcheck telemetry
 	rm -f .coverage .coverage.*
 	$(BIN)/python -m coverage run -m pytest $(PYTEST_ARGS); status=$$?; \
 	$(BIN)/python -m coverage combine -q && $(BIN)/python -m coverage report; report=$$?; \

@@ -29,7 +29,7 @@ from vaultsync import devserver
 from vaultsync.config import VaultSettings
 from vaultsync.errors import VaultsyncError
 
-pytest_plugins = ["tests.fixtures_servers"]
+pytest_plugins = ["tests.fixtures_servers", "tests.fixtures_telemetry"]
 
 ROOT = Path(__file__).resolve().parent.parent
 

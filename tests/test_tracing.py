@@ -1,71 +1,57 @@
-"""Optional OTLP traces: spans reach an OTLP/HTTP receiver when the endpoint is set, carry no
-values, and nothing from OpenTelemetry is even imported when it is not."""
+"""Optional OTLP traces: spans reach a real Jaeger (v1.76.0, OTLP in, in-memory storage) when the
+endpoint is set, carry names and counts but no values, and nothing from OpenTelemetry is even
+imported when it is not."""
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import json
+import secrets
 from pathlib import Path
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from tests.fixtures_telemetry import wait_for
 
 
 CANARY = "canary-otel-Zq9-value"
 
 
-class Receiver:
-    """Collects OTLP/HTTP trace exports (the protobuf bodies a collector would get)."""
-
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                outer.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def spans(self) -> dict[str, dict[str, object]]:
-        out = {}
-        for body in self.bodies:
-            req = ExportTraceServiceRequest.FromString(body)
-            for rs in req.resource_spans:
-                for ss in rs.scope_spans:
-                    for span in ss.spans:
-                        out[span.name] = {a.key: (a.value.string_value or a.value.int_value) for a in span.attributes}
-        return out
+def _ours(jaeger, mount: str, service: str) -> list[dict]:
+    """This test's spans: the migrate trace (tagged with its mount) and the render trace (its service)."""
+    mine = []
+    for trace in jaeger.traces():
+        tags = [{t["key"]: t["value"] for t in s.get("tags", [])} for s in trace["spans"]]
+        if any(t.get("mount") == mount or t.get("service") == service for t in tags):
+            mine.extend({"name": s["operationName"], "tags": t} for s, t in zip(trace["spans"], tags))
+    return mine
 
 
-def test_migrate_and_render_spans_reach_the_collector_without_values(kv2, root, cli, tmp_path):
-    recv = Receiver()
-    try:
-        env_file = tmp_path / "api" / ".env"
-        env_file.parent.mkdir()
-        env_file.write_text(f"PASSWORD={CANARY}\n")
-        res = cli("migrate", "--mount", kv2, str(env_file), env={"OTEL_EXPORTER_OTLP_ENDPOINT": recv.url})
-        assert res.code == 0, res.output
-        cfg = tmp_path / "vaultsync.toml"
-        cfg.write_text(f'[kv]\nmount = "{kv2}"\n[services.api]\n[[services.api.destinations]]\npath = "api.env"\n')
-        res = cli("--config", str(cfg), "render", env={"OTEL_EXPORTER_OTLP_ENDPOINT": recv.url})
-        assert res.code == 0, res.output
-        spans = recv.spans()
-        assert spans["vaultsync.migrate.plan"]["mount"] == kv2 and spans["vaultsync.migrate.plan"]["writes"] == 1
-        assert spans["vaultsync.migrate.apply"]["written"] == 1
-        assert spans["vaultsync.render.destination"] == {"service": "api", "destination": "api.env", "result": "success"}
-        assert "vaultsync.render" in spans
-        assert all(CANARY.encode() not in body for body in recv.bodies)
-    finally:
-        recv.server.shutdown()
+def test_migrate_and_render_spans_reach_jaeger_without_values(kv2, root, cli, tmp_path, jaeger_server):
+    service = f"api{secrets.token_hex(3)}"
+    env_file = tmp_path / service / ".env"
+    env_file.parent.mkdir()
+    env_file.write_text(f"PASSWORD={CANARY}\n")
+    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": jaeger_server.otlp_http}
+    res = cli("migrate", "--mount", kv2, str(env_file), env=otel)
+    assert res.code == 0, res.output
+    cfg = tmp_path / "vaultsync.toml"
+    cfg.write_text(f'[kv]\nmount = "{kv2}"\n[services.{service}]\n[[services.{service}.destinations]]\npath = "api.env"\n')
+    res = cli("--config", str(cfg), "render", env=otel)
+    assert res.code == 0, res.output
+
+    wanted = {"vaultsync.migrate.plan", "vaultsync.migrate.apply", "vaultsync.render", "vaultsync.render.destination"}
+    spans = wait_for(lambda: (lambda s: s if wanted <= {x["name"] for x in s} else None)(_ours(jaeger_server, kv2, service)),
+                     "vaultsync's spans in jaeger", None, None, timeout=60)
+    by_name = {}
+    for s in spans:
+        by_name.setdefault(s["name"], []).append(s["tags"])
+    assert len(by_name["vaultsync.migrate.plan"]) == 1 and len(by_name["vaultsync.render.destination"]) == 1
+    plan = by_name["vaultsync.migrate.plan"][0]
+    assert plan["mount"] == kv2 and plan["writes"] == 1
+    assert by_name["vaultsync.migrate.apply"][0]["written"] == 1
+    dest = by_name["vaultsync.render.destination"][0]
+    assert {k: dest[k] for k in ("service", "destination", "result")} == {
+        "service": service, "destination": "api.env", "result": "success"}
+    # Jaeger keeps every attribute it was sent: the whole stored trace must not hold the value.
+    assert CANARY not in json.dumps(jaeger_server.traces())
 
 
 def test_tracing_off_imports_nothing_from_opentelemetry(kv2, vault_env, tmp_path):

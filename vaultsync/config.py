@@ -154,6 +154,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     services: Mapping[str, ServiceSettings] = field(default_factory=dict)
+    events: Any = None  # vaultsync.events.KafkaSettings when [events] kafka = {...} is set
     source: str | None = None  # the file these came from, for messages
 
 
@@ -189,7 +190,7 @@ def load(
 
 
 def _from_dict(raw: Mapping[str, Any], src: str, base_dir: Path) -> Settings:
-    _only(raw, {"vault", "kv", "migrate", "auth", "daemon", "services"}, src, "")
+    _only(raw, {"vault", "kv", "migrate", "auth", "daemon", "services", "events"}, src, "")
     vault = _section(VaultSettings, raw.get("vault", {}), src, "vault", durations={"timeout"}, forbid={"token"})
     kv = _section(KVSettings, raw.get("kv", {}), src, "kv")
     if kv.version not in (None, 1, 2):
@@ -229,7 +230,24 @@ def _from_dict(raw: Mapping[str, Any], src: str, base_dir: Path) -> Settings:
             if other != name:
                 raise ConfigError(f"{src}: services.{name}: destination {dest.path} is also written by services.{other}")
     daemon = replace(daemon, state_file=_rel(daemon.state_file, base_dir))
-    return Settings(vault=vault, kv=kv, migrate=migrate, auth=auth, daemon=daemon, services=services, source=src)
+    return Settings(vault=vault, kv=kv, migrate=migrate, auth=auth, daemon=daemon, services=services,
+                    events=_events(raw.get("events", {}), src), source=src)
+
+
+def _events(raw: Any, src: str) -> Any:
+    from vaultsync.events import EventConfigError, KafkaSettings
+
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{src}: events must be a table")
+    _only(raw, {"kafka"}, src, "events")
+    if "kafka" not in raw:
+        return None
+    if not isinstance(raw["kafka"], Mapping):
+        raise ConfigError(f"{src}: events.kafka must be a table")
+    try:
+        return KafkaSettings.from_table(raw["kafka"], where="events.kafka")
+    except EventConfigError as exc:
+        raise ConfigError(f"{src}: {exc}") from None
 
 
 def _rel(path: str | None, base_dir: Path) -> str | None:

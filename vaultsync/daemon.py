@@ -34,7 +34,7 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor as APThreadPool
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from vaultsync import __version__, auth, config, formats, leases, recovery, render, rotation, tracing
+from vaultsync import __version__, auth, config, events, formats, leases, recovery, render, rotation, tracing
 from vaultsync.config import Destination, ServiceSettings, Settings
 from vaultsync.daemon_recovery import RecoveryMixin
 from vaultsync.errors import ConfigError, SourceMissing, VaultError, VaultsyncError
@@ -140,6 +140,7 @@ class Daemon(RecoveryMixin):
         self.config_path = config_path
         self.overrides = overrides or {}  # command-line flags, applied again on reload
         self.metrics = metrics or Metrics()
+        self.events = events.Emitter.from_settings(settings.events, self.metrics.registry)
         self.clock = clock
         self.rng = rng or random.SystemRandom()
         self.holder = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -327,6 +328,7 @@ class Daemon(RecoveryMixin):
                     log.info("token revoked")
                 except Exception as exc:  # noqa: BLE001
                     log.warning("token revoke failed", error=str(describe(exc, "revoke token")))
+        self.events.close()  # flush queued events before exit (SIGTERM lands here)
         if self.http:
             self.http.stop()
         log.info("daemon stopped")
@@ -349,6 +351,7 @@ class Daemon(RecoveryMixin):
         except Exception as exc:  # noqa: BLE001
             err = exc if isinstance(exc, VaultsyncError) else describe(exc, f"{method} login")
             self.metrics.logins.labels(method, "failure").inc()
+            self.events.emit("login_failed", "vaultsync", method=method)
             self.login_error = str(err)
             if self.token_problem is None:
                 log.warning("login failed", method=method, error=str(err))
@@ -541,6 +544,8 @@ class Daemon(RecoveryMixin):
             self.metrics.secret_version.labels(service, "kv").set(secret.version)
         if (changed or recovering or first_load) and not initial:
             log.info("kv secret changed", service=service, version=secret.version)
+            if changed:
+                self.events.emit("kv_version_changed", service, path=st.settings.kv_path, version=secret.version)
             self._render_all(service, reason="kv changed" if changed else "server back")
         elif not initial:
             self._verify_all(service)
@@ -591,6 +596,8 @@ class Daemon(RecoveryMixin):
         log.info("dynamic secret issued", service=service, secret=name, ttl=ttl, renewable=lease.renewable)
         self._schedule_lease(lease)  # before rendering: nothing a render does can drop the lease
         if not initial:
+            if old is not None:
+                self.events.emit("lease_reissued", service, name, ttl_seconds=ttl)
             self._render_all(service, reason=f"{name} re-issued" if old else f"{name} issued")
         if old is not None:
             # Revoke the superseded lease after the grace period, unless it expires before then anyway.
@@ -726,6 +733,7 @@ class Daemon(RecoveryMixin):
         ds.last_result, ds.error = outcome.result, outcome.error
         if outcome.result == "failure":
             log.error("render failed", service=service, destination=dest.name, error=outcome.error, reason=reason)
+            self.events.emit("render_failed", service, destination=dest.name)
             return
         ds.last_success = now
         self.metrics.last_render_success.labels(service, dest.name).set(now)
@@ -774,6 +782,7 @@ class Daemon(RecoveryMixin):
         if result.status == "rotated":
             self.metrics.rotations.labels(service, "success").inc()
             log.info("rotated", service=service, key=key, version=result.version)
+            self.events.emit("rotated", service, key, version=result.version)
             self._kv_job(service)  # read the new version, render, run hooks
         else:
             self.metrics.rotations.labels(service, "skipped").inc()
