@@ -47,6 +47,9 @@ log = get_logger("vaultsync.daemon")
 
 BACKOFF_BASE, BACKOFF_CAP = 1.0, 300.0
 HOOK_WORKERS = 8
+#: On SIGTERM a running hook gets this long before it is killed with its process group
+#: (a 25 s `docker compose restart` held the daemon's exit for 25 s; docker stop waits 10).
+HOOK_STOP_GRACE = 5.0
 #: Jobs that keep credentials alive run on their own threads: polls, renders and rotations
 #: (which may wait on a slow server or a big file) can never delay them.
 LIFETIME_JOBS = frozenset({"token", "lease", "recover", "probe", "token-check"})
@@ -312,9 +315,11 @@ class Daemon(RecoveryMixin):
     def shutdown(self) -> None:
         """Finish in-flight jobs, optionally revoke leases and token, stop serving."""
         self._stop.set()
+        self.hooks.close()  # no new hooks; running ones get HOOK_STOP_GRACE from now
+        hooks_deadline = time.monotonic() + HOOK_STOP_GRACE
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
-        self.hooks.shutdown()
+        self.hooks.shutdown(grace=max(0.0, hooks_deadline - time.monotonic()))
         if self.settings.daemon.revoke_on_exit:
             for svc in list(self.services.values()):
                 for lease in list(svc.leases.values()):
@@ -735,7 +740,7 @@ class Daemon(RecoveryMixin):
     def _run_hook(self, service: str, dest: Destination) -> None:
         try:
             if dest.command:
-                result = render.run_command(dest.command, timeout=dest.command_timeout)
+                result = render.run_command(dest.command, timeout=dest.command_timeout, cancel=self.hooks.cancel)
                 ok = result.ok
                 log.info("hook ran", service=service, destination=dest.name, returncode=result.returncode,
                          timed_out=result.timed_out, seconds=round(result.duration, 3), stderr=result.stderr_tail[-500:] or None)
