@@ -115,6 +115,34 @@ def test_sigterm_while_a_slow_hook_runs_exits_promptly_and_kills_the_hook(kv2, r
         os.kill(pid, 0)  # killed with its process group, not left behind
 
 
+def test_sigterm_while_requests_hang_exits_within_one_request_timeout(fresh_vault, workdir):
+    """Polls queued behind hung requests ran one after the other after SIGTERM: 20 services on
+    8 threads took 3 rounds of the request timeout (87 s with the default 30 s) to exit."""
+    root = fresh_vault.client(fresh_vault.token)
+    kv = "kv-" + uuid.uuid4().hex[:6]
+    root.sys.enable_secrets_engine("kv", path=kv, options={"version": "2"})
+    body = ""
+    for i in range(20):
+        root.secrets.kv.v2.create_or_update_secret(path=f"compose/s{i}", secret={"N": "1"}, mount_point=kv)
+        body += f'[services.s{i}]\n[[services.s{i}.destinations]]\npath = "s{i}.env"\n'
+    cfg = config(workdir, kv, body, poll="1s")
+    cfg.write_text(cfg.read_text().replace('timeout = "3s"', 'timeout = "10s"'))
+    d = DaemonProc(cfg, daemon_env(fresh_vault, short_token(root), workdir), workdir).start(timeout=60)
+    fresh_vault.node.pause()
+    try:
+        # Every poll is due (poll 1 s) and hangs: 8 run, the others wait in the pool's queue.
+        requests_before = d.metric("vaultsync_vault_requests_total", result="ok")
+        time.sleep(3)  # let the polls reach the hung server (nothing to wait for: they never answer)
+        assert d.metric("vaultsync_vault_requests_total", result="ok") == requests_before, "the server still answered"
+        signalled = time.monotonic()
+        code = d.stop(timeout=120)
+        took = time.monotonic() - signalled
+    finally:
+        fresh_vault.node.resume()
+    print(f"\nSIGTERM with 20 polls hung (request timeout 10 s): exited {code} after {took:.1f}s")
+    assert code == 0 and took < 10 + 6, f"{took:.1f}s to exit on SIGTERM with requests hung (timeout 10 s)"
+
+
 # --- 2. one recovery path ----------------------------------------------------------------------------
 
 

@@ -202,6 +202,10 @@ class Daemon(RecoveryMixin):
         kind = job_id.split(":", 1)[0]
 
         def run(*args: Any) -> None:
+            if self._stop.is_set():
+                # Shutting down: a run still queued behind hung requests is dropped (8 threads x
+                # 3 rounds of a 30 s timeout held SIGTERM for 87 s against a hung server).
+                return
             self.metrics.job_lateness.labels(kind).observe(max(0.0, self.clock() - due))
             if self._queued.get(job_id, (None,))[0] is fn:
                 self._queued.pop(job_id, None)
@@ -285,6 +289,8 @@ class Daemon(RecoveryMixin):
         return True
 
     def _add_service_safely(self, svc: ServiceSettings) -> None:
+        if self._stop.is_set():
+            return  # SIGTERM during start-up: do not read the rest against a server that may hang
         try:
             self._add_service(svc)
         except Exception:  # noqa: BLE001 - one service's fault must not stop the others or the daemon
