@@ -25,7 +25,7 @@ class HookRunner:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vaultsync-hook")
         self._lock = threading.Lock()
         self._running: set[Hashable] = set()
-        self._again: set[Hashable] = set()
+        self._again: dict[Hashable, Callable[[], None]] = {}  # key -> the latest run asked for meanwhile
         self._futures: set[Future[None]] = set()
         self._closed = False
         #: Set when the daemon stops and its grace is over: running hooks are killed (with their
@@ -38,7 +38,7 @@ class HookRunner:
             if self._closed:
                 return
             if key in self._running:
-                self._again.add(key)
+                self._again[key] = run  # the latest: a reload may have changed the command
                 return
             self._running.add(key)
             future = self._pool.submit(self._loop, key, run)
@@ -57,7 +57,7 @@ class HookRunner:
                 log.exception("hook crashed", destination=str(key))
             with self._lock:
                 if key in self._again and not self._closed:
-                    self._again.discard(key)
+                    run = self._again.pop(key)
                     continue
                 self._running.discard(key)
                 return
