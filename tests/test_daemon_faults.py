@@ -17,7 +17,6 @@ import pytest
 from dotenv import dotenv_values
 
 from tests.daemon_harness import DaemonProc, daemon_env, wait_for
-from tests.persistent_server import PersistentVault, persistent_vault  # noqa: F401 - a fixture
 from tests.test_daemon import can_login, config, database_engine, role_exists, short_token
 from vaultsync.formats import HEADER
 
@@ -98,6 +97,53 @@ def test_ten_slow_hooks_delay_no_renewal_and_startup_does_not_wait_for_hooks(kv2
         d.stop(timeout=60)
 
 
+def test_sigterm_while_a_slow_hook_runs_exits_promptly_and_kills_the_hook(kv2, root, vault_server, workdir):
+    """A 50 s hook (timeout 60 s) held the daemon's exit for 50 s: past docker stop's 10 s, so
+    the daemon was SIGKILLed (no revoke_on_exit) and the hook's process group left behind."""
+    root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"N": "1"}, mount_point=kv2)
+    hook = [sys.executable, "-c", "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(50)",
+            str(workdir / "hook.pid")]
+    cfg = config(workdir, kv2, f'[services.web]\n[[services.web.destinations]]\npath = "web.env"\n'
+                 f'command_timeout = "60s"\ncommand = {json.dumps(hook)}\n')
+    d = DaemonProc(cfg, daemon_env(vault_server, short_token(root), workdir), workdir).start()
+    pid = int(wait_for(lambda: (workdir / "hook.pid").exists() and (workdir / "hook.pid").read_text(), 20, "the hook running"))
+    signalled = time.monotonic()
+    code = d.stop(timeout=60)
+    took = time.monotonic() - signalled
+    print(f"\nSIGTERM during a 50 s hook: exited {code} after {took:.1f}s")
+    assert code == 0 and took < 5 + 5, f"{took:.1f}s to exit on SIGTERM with a hook running (grace 5 s)"
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed with its process group, not left behind
+
+
+def test_sigterm_while_requests_hang_exits_within_one_request_timeout(fresh_vault, workdir):
+    """Polls queued behind hung requests ran one after the other after SIGTERM: 20 services on
+    8 threads took 3 rounds of the request timeout (87 s with the default 30 s) to exit."""
+    root = fresh_vault.client(fresh_vault.token)
+    kv = "kv-" + uuid.uuid4().hex[:6]
+    root.sys.enable_secrets_engine("kv", path=kv, options={"version": "2"})
+    body = ""
+    for i in range(20):
+        root.secrets.kv.v2.create_or_update_secret(path=f"compose/s{i}", secret={"N": "1"}, mount_point=kv)
+        body += f'[services.s{i}]\n[[services.s{i}.destinations]]\npath = "s{i}.env"\n'
+    cfg = config(workdir, kv, body, poll="1s")
+    cfg.write_text(cfg.read_text().replace('timeout = "3s"', 'timeout = "10s"'))
+    d = DaemonProc(cfg, daemon_env(fresh_vault, short_token(root), workdir), workdir).start(timeout=60)
+    fresh_vault.node.pause()
+    try:
+        # Every poll is due (poll 1 s) and hangs: 8 run, the others wait in the pool's queue.
+        requests_before = d.metric("vaultsync_vault_requests_total", result="ok")
+        time.sleep(3)  # let the polls reach the hung server (nothing to wait for: they never answer)
+        assert d.metric("vaultsync_vault_requests_total", result="ok") == requests_before, "the server still answered"
+        signalled = time.monotonic()
+        code = d.stop(timeout=120)
+        took = time.monotonic() - signalled
+    finally:
+        fresh_vault.node.resume()
+    print(f"\nSIGTERM with 20 polls hung (request timeout 10 s): exited {code} after {took:.1f}s")
+    assert code == 0 and took < 10 + 6, f"{took:.1f}s to exit on SIGTERM with requests hung (timeout 10 s)"
+
+
 # --- 2. one recovery path ----------------------------------------------------------------------------
 
 
@@ -112,12 +158,12 @@ def test_outage_longer_than_the_token_ttl_recovers_within_one_poll_plus_5s(fresh
     d = DaemonProc(cfg, daemon_env(fresh_vault, "", workdir), workdir).start()
     try:
         logins = d.count("logged in")
-        os.kill(fresh_vault.pid, signal.SIGSTOP)  # hung server for twice the token's TTL
+        fresh_vault.node.pause()  # hung server (SIGSTOP) for twice the token's TTL
         try:
             wait_for(lambda: d.metric("vaultsync_vault_up") == 0, 20, "vault_up 0")
-            time.sleep(30)
+            time.sleep(30)  # the outage itself (what is measured comes after it)
         finally:
-            os.kill(fresh_vault.pid, signal.SIGCONT)
+            fresh_vault.node.resume()
         back = time.monotonic()
         root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"N": "2"}, mount_point=kv)
         wait_for(lambda: d.count("logged in") > logins, 30, "a re-login")
@@ -132,34 +178,35 @@ def test_outage_longer_than_the_token_ttl_recovers_within_one_poll_plus_5s(fresh
         d.stop()
 
 
-def test_server_down_longer_than_the_token_ttl_then_sealed_recovers_within_one_poll_plus_5s(persistent_vault: PersistentVault, workdir):
-    server = persistent_vault.server
-    root = server.client(server.token)
+def test_server_down_longer_than_the_token_ttl_then_sealed_recovers_within_one_poll_plus_5s(fresh_vault, workdir):
+    node = fresh_vault.node  # server mode, TLS, raft storage: its state survives the restart
+    root = fresh_vault.client(fresh_vault.token)
     kv = "kv-" + uuid.uuid4().hex[:6]
     root.sys.enable_secrets_engine("kv", path=kv, options={"version": "2"})
     root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"N": "1"}, mount_point=kv)
     auth_section = approle(root, workdir, token_ttl="15s")
     cfg = config(workdir, kv, '[services.web]\n[[services.web.destinations]]\npath = "web.env"\n', poll="2s")
     cfg.write_text(auth_section + cfg.read_text())
-    d = DaemonProc(cfg, daemon_env(server, "", workdir), workdir).start()
+    d = DaemonProc(cfg, daemon_env(fresh_vault, "", workdir), workdir).start()
     try:
-        persistent_vault.stop()  # down (connection refused) for well over the token's TTL
+        node.stop()  # down (connection refused) for well over the token's TTL
         wait_for(lambda: d.metric("vaultsync_vault_up") == 0, 20, "vault_up 0")
-        time.sleep(40)
+        time.sleep(40)  # the outage itself (what is measured comes after it)
         assert d.proc is not None and d.proc.poll() is None
-        persistent_vault.start()  # same storage: the daemon's token expired meanwhile
+        node.restart()  # same storage and port: the daemon's token expired meanwhile
+        node.wait_active()
         back = time.monotonic()
-        root = persistent_vault.server.client(persistent_vault.token)
         root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"N": "2"}, mount_point=kv)
         wait_for(lambda: dotenv_values(workdir / "web.env")["N"] == "2", 60, "the KV change after the outage")
         rendered = time.monotonic() - back
         print(f"\nserver restart: KV change rendered {rendered:.1f}s after the server answered (poll 2 s)")
         assert rendered <= 2 + 5, f"KV polling resumed {rendered:.1f}s after the server came back (poll 2 s)"
         assert d.count("logged in") == 2
-        persistent_vault.seal()
+        node.seal()
         wait_for(lambda: d.metric("vaultsync_vault_up") == 0, 20, "vault_up 0 while sealed")
-        time.sleep(10)
-        persistent_vault.unseal()
+        time.sleep(10)  # sealed for a while (what is measured comes after it)
+        node.unseal()
+        node.wait_active()
         back = time.monotonic()
         root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"N": "3"}, mount_point=kv)
         wait_for(lambda: dotenv_values(workdir / "web.env")["N"] == "3", 60, "the KV change after the unseal")
@@ -332,22 +379,22 @@ def test_destination_under_a_regular_file_fails_alone_at_startup_and_a_reload_ad
         assert d.stop() == 0
 
 
-def test_a_5xx_on_the_mount_lookup_after_login_is_retried_not_fatal(persistent_vault: PersistentVault, tmp_path):
+def test_a_5xx_on_the_mount_lookup_after_login_is_retried_not_fatal(fresh_vault, tmp_path):
     """In-process (the seal must land between login and the mount lookup); the server is real."""
     import threading
 
     from vaultsync import config as cfgmod
     from vaultsync.daemon import Daemon
 
-    server = persistent_vault.server
+    server = fresh_vault
     server.client(server.token).sys.enable_secrets_engine("kv", path="app", options={"version": "2"})
     path = tmp_path / "vaultsync.toml"
     path.write_text('[kv]\nmount = "app"\n[daemon]\nmetrics_addr = ""\n')
     settings = cfgmod.load(path, env=server.env(tmp_path, server.token))
     d = Daemon(settings, config_path=str(path), serve_http=False)
     assert d._login()
-    persistent_vault.seal()  # the mount lookup that follows gets 503s
-    unseal = threading.Timer(3, persistent_vault.unseal)
+    server.node.seal()  # the mount lookup that follows gets 503s
+    unseal = threading.Timer(3, server.node.unseal)
     unseal.start()
     try:
         d.start()  # old code: VaultError from the lookup ended the daemon

@@ -96,3 +96,20 @@ def test_on_delete_must_be_keep_or_empty(tmp_path):
     with pytest.raises(ConfigError, match="on_delete must be"):
         load(tmp_path, '[services.api]\non_delete = "blank"\n')
     assert load(tmp_path, '[services.api]\non_delete = "empty"\n').services["api"].on_delete == "empty"
+
+
+def test_a_hook_run_coalesced_behind_a_running_one_runs_the_latest_submission():
+    """A change (or a reload that changed the command) arriving while a destination's hook runs
+    got one more run of the *first* submission: the old command ran again."""
+    import threading
+
+    from vaultsync.hookrunner import HookRunner
+
+    runner, release, ran = HookRunner(2), threading.Event(), []
+    runner.submit("d", lambda: (ran.append("old"), release.wait(10)))
+    runner.submit("d", lambda: ran.append("newer"))
+    runner.submit("d", lambda: ran.append("newest"))  # coalesced: one more run, the latest one
+    release.set()
+    runner.drain(10)
+    runner.shutdown()
+    assert ran == ["old", "newest"]

@@ -48,6 +48,9 @@ log = get_logger("vaultsync.daemon")
 
 BACKOFF_BASE, BACKOFF_CAP = 1.0, 300.0
 HOOK_WORKERS = 8
+#: On SIGTERM a running hook gets this long before it is killed with its process group
+#: (a 25 s `docker compose restart` held the daemon's exit for 25 s; docker stop waits 10).
+HOOK_STOP_GRACE = 5.0
 #: Jobs that keep credentials alive run on their own threads: polls, renders and rotations
 #: (which may wait on a slow server or a big file) can never delay them.
 LIFETIME_JOBS = frozenset({"token", "lease", "recover", "probe", "token-check"})
@@ -202,6 +205,10 @@ class Daemon(RecoveryMixin):
         kind = job_id.split(":", 1)[0]
 
         def run(*args: Any) -> None:
+            if self._stop.is_set():
+                # Shutting down: a run still queued behind hung requests is dropped (8 threads x
+                # 3 rounds of a 30 s timeout held SIGTERM for 87 s against a hung server).
+                return
             self.metrics.job_lateness.labels(kind).observe(max(0.0, self.clock() - due))
             if self._queued.get(job_id, (None,))[0] is fn:
                 self._queued.pop(job_id, None)
@@ -285,6 +292,8 @@ class Daemon(RecoveryMixin):
         return True
 
     def _add_service_safely(self, svc: ServiceSettings) -> None:
+        if self._stop.is_set():
+            return  # SIGTERM during start-up: do not read the rest against a server that may hang
         try:
             self._add_service(svc)
         except Exception:  # noqa: BLE001 - one service's fault must not stop the others or the daemon
@@ -315,9 +324,11 @@ class Daemon(RecoveryMixin):
     def shutdown(self) -> None:
         """Finish in-flight jobs, optionally revoke leases and token, stop serving."""
         self._stop.set()
+        self.hooks.close()  # no new hooks; running ones get HOOK_STOP_GRACE from now
+        hooks_deadline = time.monotonic() + HOOK_STOP_GRACE
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
-        self.hooks.shutdown()
+        self.hooks.shutdown(grace=max(0.0, hooks_deadline - time.monotonic()))
         if self.settings.daemon.revoke_on_exit:
             for svc in list(self.services.values()):
                 for lease in list(svc.leases.values()):
@@ -746,7 +757,7 @@ class Daemon(RecoveryMixin):
     def _run_hook(self, service: str, dest: Destination) -> None:
         try:
             if dest.command:
-                result = render.run_command(dest.command, timeout=dest.command_timeout)
+                result = render.run_command(dest.command, timeout=dest.command_timeout, cancel=self.hooks.cancel)
                 ok = result.ok
                 (log.info if ok else log.warning)("hook ran", service=service, destination=dest.name, returncode=result.returncode,
                                                   timed_out=result.timed_out, seconds=round(result.duration, 3))

@@ -21,6 +21,7 @@ import selectors
 import signal
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -308,6 +309,9 @@ class _Tail:
         return self.data.decode("utf-8", errors="replace")
 
 
+_CANCEL_CHECK = 0.2  # how often a hook's wait looks at its cancel event
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the hook's process group (its pgid is its pid: new session).
 
@@ -328,6 +332,7 @@ def run_command(
     timeout: float,
     env: Mapping[str, str] | None = None,
     tail_bytes: int = _TAIL_BYTES,
+    cancel: threading.Event | None = None,
 ) -> HookResult:
     """Run ``argv`` (no shell) and wait at most ``timeout`` seconds.
 
@@ -341,6 +346,9 @@ def run_command(
     A hook that leaves a background child holding its stdout/stderr open is
     waited for until the timeout (and then killed with its group): hooks that
     start daemons should redirect their output.
+
+    ``cancel``, once set, ends the wait early the same way (the daemon is shutting
+    down: a hook of 25 s must not hold SIGTERM for 25 s); the result says timed_out.
 
     Raises :class:`HookError` if the command cannot be started (not found, not
     executable). A non-zero exit is not an error here: see ``HookResult.ok``.
@@ -381,20 +389,24 @@ def run_command(
             selector.register(proc.stderr, selectors.EVENT_READ, stderr_tail)
             while selector.get_map():
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or (cancel is not None and cancel.is_set()):
                     timed_out = True
                     break
-                for key, _ in selector.select(left):
+                for key, _ in selector.select(left if cancel is None else min(left, _CANCEL_CHECK)):
                     chunk = os.read(key.fd, 65536)
                     if chunk:
                         key.data.add(chunk)
                     else:
                         selector.unregister(key.fileobj)
-        if not timed_out:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+        while not timed_out and proc.returncode is None:
+            left = deadline - time.monotonic()
+            if left <= 0 or (cancel is not None and cancel.is_set()):
                 timed_out = True
+                break
+            try:
+                proc.wait(timeout=left if cancel is None else min(left, _CANCEL_CHECK))
+            except subprocess.TimeoutExpired:
+                pass
         if timed_out:
             _kill_group(proc)
             proc.wait()
