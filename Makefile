@@ -39,7 +39,8 @@ ENVCHECK := $(CACHE)/envcheck-$(ENVCHECK_HASH)/envcheck
 
 envcheck: $(ENVCHECK)
 
-$(ENVCHECK): tools/envcheck/go.mod tools/envcheck/go.sum tools/envcheck/main.go
+# Order-only: the path is keyed by the inputs' hash, so a fresh checkout (newer file dates) never rebuilds it.
+$(ENVCHECK): | tools/envcheck/go.mod tools/envcheck/go.sum tools/envcheck/main.go
 	@echo "envcheck: building $@ (once per machine)"
 	@mkdir -p "$(dir $@)"
 	cd tools/envcheck && go build -trimpath -o "$@.tmp" . && mv "$@.tmp" "$@"
