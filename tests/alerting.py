@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures_servers import _stop_process, _tail, free_port
+from tests.fixtures_servers import _stop_process, _wait_ready, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 AM_DIR = ROOT / "compose" / "alertmanager"
@@ -127,16 +127,5 @@ def start_alertmanager(workdir: Path, webhook: WebhookSink) -> Alertmanager:
             env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"alertmanager exited with {proc.returncode}:\n{_tail(log)}", pytrace=False)
-        try:
-            with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as resp:
-                if resp.status == 200:
-                    return Alertmanager(url, data, log, proc)
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)
-    _stop_process(proc)
-    pytest.fail(f"alertmanager not ready within 30s:\n{_tail(log)}", pytrace=False)
+    _wait_ready(url, proc, log, 30, name="alertmanager")
+    return Alertmanager(url, data, log, proc)

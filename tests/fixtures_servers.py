@@ -277,11 +277,12 @@ def _find_prometheus() -> str:
     return binary
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float, name: str = "prometheus") -> None:
+    """Until ``url``/-/ready answers 200 (Prometheus, Alertmanager); fails with the log's tail."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"prometheus exited with code {proc.returncode}:\n{_tail(log)}", pytrace=False)
+            pytest.fail(f"{name} exited with code {proc.returncode}:\n{_tail(log)}", pytrace=False)
         try:
             with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as resp:
                 if resp.status == 200:
@@ -290,7 +291,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: flo
             pass
         time.sleep(0.2)
     _stop_process(proc)
-    pytest.fail(f"prometheus at {url} not ready within {timeout:.0f}s:\n{_tail(log)}", pytrace=False)
+    pytest.fail(f"{name} at {url} not ready within {timeout:.0f}s:\n{_tail(log)}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
