@@ -250,6 +250,8 @@ BOUNDARIES: dict[str, tuple[list[tuple[str, str]], int, int]] = {
     "VaultsyncVaultUnreachable": ([("vaultsync_vault_up", "0x250")], 0, 120),
     "VaultsyncDown": ([('up{job="vaultsync",instance="vaultsync:9464"}', "0x250")], 0, 300),
     "VaultsyncRotationsFailing": ([('vaultsync_rotations_total{service="api",result="failure"}', "0+1x250")], 15, 0),
+    # one refusal every 15 s: increase() over 5 m is 6 (> 5) at 90 s, 5 at 75 s
+    "VaultsyncForeignSecretAccess": ([('vaultsync_audit_denied_requests_total{service="web"}', "0+1x250")], 90, 0),
 }
 
 
