@@ -76,7 +76,7 @@ def test_approle_daemon_renews_logs_in_again_reissues_every_lease_and_keeps_rota
     with pytest.raises(Exception):
         root.adapter.post("/v1/sys/wrapping/lookup", json={"token": wrapping_token})
     logins = _events(d, "logged in")
-    assert logins[0]["policies"] == ["default", "vaultsync-daemon"] and logins[0]["ttl"] == TOKEN_TTL
+    assert logins[0]["policies"] == ["vaultsync-daemon"] and logins[0]["ttl"] == TOKEN_TTL  # no "default": token_no_default_policy
 
     # Two re-logins: each before the previous token's max TTL.
     wait_for(lambda: len(_events(d, "logged in")) >= 3, 2 * TOKEN_MAX_TTL + 30, f"two re-logins (log: {d.tail()})")
