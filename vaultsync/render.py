@@ -475,15 +475,10 @@ def _read_pidfile(pidfile: str | os.PathLike[str]) -> tuple[bytes, os.stat_resul
     finally:
         os.close(folder)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise PidfileError(f"pid file {shown} is not a regular file")
-        if st.st_uid not in (0, os.geteuid()):
-            raise PidfileError(f"pid file {shown} belongs to uid {st.st_uid}, not to root or to vaultsync's user; "
-                               "refusing to signal the process it names")
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise PidfileError(f"pid file {shown} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}); "
-                               "refusing to signal the process it names")
+        try:
+            st = safefs.check_trusted_file(fd, shown)
+        except safefs.UnsafePath as exc:
+            raise PidfileError(f"pid file {exc}; refusing to signal the process it names") from None
         return os.read(fd, 4096), st
     finally:
         os.close(fd)

@@ -161,13 +161,20 @@ def read_trusted_file(path: str | os.PathLike[str], *, limit: int = 1 << 16, _li
     finally:
         os.close(folder)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafePath(f"{shown} is not a regular file")
-        if st.st_uid not in (0, os.geteuid()):
-            raise UnsafePath(f"{shown} belongs to uid {st.st_uid}, not to root or to vaultsync's user")
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise UnsafePath(f"{shown} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})")
+        check_trusted_file(fd, shown)
         return os.read(fd, limit)
     finally:
         os.close(fd)
+
+
+def check_trusted_file(fd: int, shown: str) -> os.stat_result:
+    """The open file's stat, if it is a regular file owned by root or vaultsync's user and
+    writable by no one else; otherwise UnsafePath naming ``shown``."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafePath(f"{shown} is not a regular file")
+    if st.st_uid not in (0, os.geteuid()):
+        raise UnsafePath(f"{shown} belongs to uid {st.st_uid}, not to root or to vaultsync's user")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafePath(f"{shown} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})")
+    return st
