@@ -9,6 +9,9 @@ destination, leave what is there alone, and never hand the secret to them.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,11 +24,17 @@ SECRET = {"DB_PASSWORD": "canary-pw-0123456789"}
 
 
 @pytest.fixture
-def tmp_path(tmp_path: Path) -> Path:
-    """pytest's temp folders are 0700: let the other user reach (not list or write) this one."""
-    for folder in (tmp_path, tmp_path.parent):
-        folder.chmod(0o711)
-    return tmp_path
+def tmp_path() -> Iterator[Path]:
+    """A folder the other user can reach (not list or write). pytest's own temp folders sit under
+    ``/tmp/pytest-of-root`` (0700, re-tightened by pytest), which the other user cannot cross."""
+    folder = Path(tempfile.mkdtemp(prefix="vaultsync-safe-", dir="/tmp"))
+    folder.chmod(0o711)
+    for ancestor in folder.parents:
+        assert os.stat(ancestor).st_mode & 0o001, f"{ancestor} cannot be crossed by other users"
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _write(path: Path, **kw: object):
