@@ -32,7 +32,9 @@ import hvac
 import hvac.exceptions
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor as APThreadPool
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_STOPPED
 
 from vaultsync import __version__, auth, config, events, formats, leases, recovery, render, rotation, tracing
 from vaultsync.config import Destination, ServiceSettings, Settings
@@ -127,6 +129,20 @@ def service_values(svc: ServiceState) -> dict[str, str]:
 # --- the daemon --------------------------------------------------------------------------
 
 
+class _Scheduler(BackgroundScheduler):
+    """APScheduler's loop, minus one shutdown race: ``shutdown()`` marks the scheduler stopped
+    without its job-store lock, so a one-off job fired at that moment is looked up among the
+    *pending* jobs, is not found, and the loop's thread dies with a traceback on stderr."""
+
+    def _process_jobs(self) -> float | None:
+        try:
+            return super()._process_jobs()
+        except JobLookupError:
+            if self.state == STATE_STOPPED:
+                return None
+            raise
+
+
 class Daemon(RecoveryMixin):
     def __init__(
         self,
@@ -173,7 +189,7 @@ class Daemon(RecoveryMixin):
         self._held: set[str] = set()  # lease ids alive (recorded for revoke_on_start)
         self._held_lock = threading.Lock()
         self._relogin_lock = threading.Lock()  # one re-login after a rejected token, not one per 403
-        self.scheduler = BackgroundScheduler(
+        self.scheduler = _Scheduler(
             executors={"default": APThreadPool(8), "lifetimes": APThreadPool(4)},
             job_defaults={"coalesce": True, "max_instances": 2, "misfire_grace_time": None},
             timezone=timezone.utc,
