@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -32,41 +31,20 @@ from pathlib import Path
 import pytest
 from dotenv import dotenv_values
 
-ROOT = Path(__file__).resolve().parent.parent
-ENVCHECK_DIR = ROOT / "tools" / "envcheck"
+from tests import gotools
+
 
 
 # --- envcheck (compose-go, docker CLI) -------------------------------------------------------
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vaultsync"
-
-
 def envcheck_path() -> Path:
     """Where the binary for the current tools/envcheck sources lives (the Makefile builds it there)."""
-    digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "main.go"):
-        digest.update((ENVCHECK_DIR / name).read_bytes())
-    return _cache_dir() / f"envcheck-{digest.hexdigest()[:12]}" / "envcheck"
+    return gotools.tool_path("envcheck")
 
 
 def build_envcheck() -> Path:
-    binary = envcheck_path()
-    if binary.exists():
-        return binary
-    go = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go") else None)
-    if go is None:
-        pytest.fail("Go (>= 1.24) is needed to build tools/envcheck (compose-go and docker CLI env-file parsers)",
-                    pytrace=False)
-    binary.parent.mkdir(parents=True, exist_ok=True)
-    tmp = binary.with_name(f"envcheck.tmp.{os.getpid()}")
-    proc = subprocess.run([go, "build", "-trimpath", "-o", str(tmp), "."], cwd=ENVCHECK_DIR,
-                          capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        pytest.fail(f"building tools/envcheck failed:\n{proc.stderr[-2000:]}", pytrace=False)
-    os.replace(tmp, binary)
-    return binary
+    return gotools.build_tool("envcheck")
 
 
 class Envcheck:

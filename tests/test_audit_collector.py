@@ -5,39 +5,24 @@ record per operation, and the stdout audit copy kept out of the container-log pi
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import hvac.exceptions
 import pytest
 
-from tests.test_compose import COMPOSE_DIR, ROOT, _cache_dir, _go
+from tests import gotools
+from tests.test_compose import COMPOSE_DIR
 
 pytestmark = pytest.mark.vault
 
-TOOL_DIR = ROOT / "tools" / "stanzacheck"
 CONFIG = COMPOSE_DIR / "otel" / "config.yaml"
 
 
 @pytest.fixture(scope="module")
 def stanzacheck() -> Path:
-    digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "main.go"):
-        digest.update((TOOL_DIR / name).read_bytes())
-    binary = _cache_dir() / f"stanzacheck-{digest.hexdigest()[:12]}" / "stanzacheck"
-    if os.access(binary, os.X_OK):
-        return binary
-    binary.parent.mkdir(parents=True, exist_ok=True)
-    tmp = binary.with_name(f"stanzacheck.tmp.{os.getpid()}")
-    proc = subprocess.run([_go(), "build", "-trimpath", "-buildvcs=false", "-mod=readonly", "-o", str(tmp), "."],
-                          cwd=TOOL_DIR, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        pytest.fail(f"building tools/stanzacheck failed:\n{proc.stdout}\n{proc.stderr}", pytrace=False)
-    os.replace(tmp, binary)
-    return binary
+    return gotools.build_tool("stanzacheck")
 
 
 def _run(binary: Path, receiver: str, lines: Path) -> list[dict]:

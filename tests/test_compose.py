@@ -12,11 +12,8 @@ vault_server fixture uses) in server mode with the stack's own config.hcl.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +28,7 @@ import pytest
 import requests
 import yaml
 
-from tests import dashboards
+from tests import dashboards, gotools
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_DIR = ROOT / "compose"
@@ -52,42 +49,11 @@ VAR_REF = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vaultsync"
-
-
-def _go() -> str:
-    go = shutil.which("go") or ("/usr/local/go/bin/go" if os.access("/usr/local/go/bin/go", os.X_OK) else None)
-    if not go:
-        pytest.fail(
-            "the Go toolchain (>= 1.24) is needed to build tools/composecheck (compose-spec/compose-go): "
-            "install Go and put `go` on PATH",
-            pytrace=False,
-        )
-    return go
-
-
 @pytest.fixture(scope="session")
 def composecheck() -> Path:
-    gomod = (TOOL_DIR / "go.mod").read_text()
-    m = re.search(r"github\.com/compose-spec/compose-go/v2 (v\S+)", gomod)
+    m = re.search(r"github\.com/compose-spec/compose-go/v2 (v\S+)", (TOOL_DIR / "go.mod").read_text())
     assert m, "tools/composecheck/go.mod does not require compose-go/v2"
-    digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "main.go"):
-        digest.update((TOOL_DIR / name).read_bytes())
-    binary = _cache_dir() / f"composecheck-{m.group(1)}-{digest.hexdigest()[:12]}" / "composecheck"
-    if os.access(binary, os.X_OK):
-        return binary
-    binary.parent.mkdir(parents=True, exist_ok=True)
-    tmp = binary.with_name(f"composecheck.tmp.{os.getpid()}")
-    proc = subprocess.run(
-        [_go(), "build", "-trimpath", "-buildvcs=false", "-mod=readonly", "-o", str(tmp), "."],
-        cwd=TOOL_DIR, capture_output=True, text=True, timeout=900,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"building tools/composecheck failed:\n{proc.stdout}\n{proc.stderr}", pytrace=False)
-    os.replace(tmp, binary)
-    return binary
+    return gotools.build_tool("composecheck", tag=m.group(1))
 
 
 def _run(argv: list[Any], *, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ import sys
 from tests.daemon_harness import DaemonProc, daemon_env
 from tests.fixtures_servers import free_port
 from tests.fixtures_telemetry import wait_for
-from tests.test_events import _consume
+from tests.test_events import _consume, rotating_service
 from tests.test_stack_telemetry import _log_records
 
 
@@ -36,17 +36,7 @@ def _collector_config(daemon_log, jaeger_grpc: str, otlp_http: int) -> dict:
 def test_daemon_events_metrics_logs_and_traces_through_the_real_stack(
         kv2, root, vault_server, tmp_path, kafka_broker, jaeger_server, start_otelcol, prometheus_server):
     topic = "vaultsync.events.e2e"
-    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"STATIC": "s"}, mount_point=kv2)
-    token = root.auth.token.create(policies=["root"], ttl="1h")["auth"]["client_token"]
-    work = tmp_path / "work"
-    work.mkdir()
-    cfg = work / "vaultsync.toml"
-    cfg.write_text(
-        f'[vault]\ntimeout = "3s"\n[kv]\nmount = "{kv2}"\nprefix = "compose"\n[daemon]\npoll_interval = "1s"\n'
-        f'[events]\nkafka = {{ bootstrap = "{kafka_broker.bootstrap}", topic = "{topic}" }}\n'
-        '[services.api]\n[[services.api.destinations]]\npath = "api.env"\n'
-        '[[services.api.rotate]]\nkey = "SESSION_SECRET"\ngenerator = "hex"\nlength = 16\nevery = "3s"\n'
-    )
+    work, cfg, token = rotating_service(root, kv2, tmp_path, kafka_broker.bootstrap, topic, destination="api.env")
     otlp_http = free_port()
     env = {**daemon_env(vault_server, token, work), "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_http}"}
     d = DaemonProc(cfg, env, work, name="e2e")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from pathlib import Path
 from datetime import datetime, timezone
 
 import pytest
@@ -90,10 +91,10 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(kafka_broker):
     out.close(60)
 
 
-def test_daemon_rotation_events_on_kafka_carry_no_value(kv2, root, vault_server, tmp_path, kafka_broker):
-    from tests.daemon_harness import DaemonProc, daemon_env
-
-    topic = f"vaultsync.events.{secrets.token_hex(4)}"
+def rotating_service(root, kv2: str, tmp_path: Path, bootstrap: str, topic: str,
+                     destination: str | None = None) -> tuple[Path, Path, str]:
+    """A daemon config whose one service rotates a key every 3 s and publishes its events to
+    ``topic``; returns its work folder, config file and a token for it."""
     root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"STATIC": "s"}, mount_point=kv2)
     token = root.auth.token.create(policies=["root"], ttl="1h")["auth"]["client_token"]
     work = tmp_path / "work"
@@ -101,9 +102,19 @@ def test_daemon_rotation_events_on_kafka_carry_no_value(kv2, root, vault_server,
     cfg = work / "vaultsync.toml"
     cfg.write_text(
         f'[vault]\ntimeout = "3s"\n[kv]\nmount = "{kv2}"\nprefix = "compose"\n[daemon]\npoll_interval = "1s"\n'
-        f'[events]\nkafka = {{ bootstrap = "{kafka_broker.bootstrap}", topic = "{topic}" }}\n'
-        '[services.api]\n[[services.api.rotate]]\nkey = "SESSION_SECRET"\ngenerator = "hex"\nlength = 16\nevery = "3s"\n'
+        f'[events]\nkafka = {{ bootstrap = "{bootstrap}", topic = "{topic}" }}\n'
+        '[services.api]\n'
+        + (f'[[services.api.destinations]]\npath = "{destination}"\n' if destination else "")
+        + '[[services.api.rotate]]\nkey = "SESSION_SECRET"\ngenerator = "hex"\nlength = 16\nevery = "3s"\n'
     )
+    return work, cfg, token
+
+
+def test_daemon_rotation_events_on_kafka_carry_no_value(kv2, root, vault_server, tmp_path, kafka_broker):
+    from tests.daemon_harness import DaemonProc, daemon_env
+
+    topic = f"vaultsync.events.{secrets.token_hex(4)}"
+    work, cfg, token = rotating_service(root, kv2, tmp_path, kafka_broker.bootstrap, topic)
     d = DaemonProc(cfg, daemon_env(vault_server, token, work), work, name="events").start()
     try:
         deadline = time.monotonic() + 60
