@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from vaultsync import __version__, config, devserver, leases, tracing
+from vaultsync import __version__, cli_support, config, devserver, leases, tracing
 from vaultsync import logging as vlog
 from vaultsync.errors import BadInput, ConfigError, VaultsyncError
 
@@ -37,9 +37,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except VaultsyncError as exc:
-            vlog.get_logger().error("command failed", error=vlog.scrub(str(exc)), exit_code=exc.exit_code)
-            click.echo(f"error: {vlog.scrub(str(exc))}", err=True)
-            sys.exit(exc.exit_code)
+            report_error(exc)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into a clean exit
@@ -48,10 +46,23 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def report_error(exc: VaultsyncError) -> None:
+    """Say it once: on a terminal the ``error:`` line is the message (a console log line would
+    repeat it); in JSON mode the log record is for the collector, the line for the person."""
+    if not vlog.is_console():
+        vlog.get_logger().error("command failed", error=vlog.scrub(str(exc)), exit_code=exc.exit_code)
+    click.echo(f"error: {vlog.scrub(str(exc))}", err=True)
+    sys.exit(exc.exit_code)
+
+
 def unexpected(exc: BaseException) -> None:
     what = type(exc).__name__
-    vlog.get_logger().error("unexpected error", error_type=what, error=vlog.scrub(str(exc)), exit_code=1, exc_info=exc)
-    click.echo(f"error: unexpected {what}: {vlog.scrub(str(exc))[:200]} (details in the log)", err=True)
+    # On a terminal the traceback is only shown at --log-level debug: one line, not a wall of frames.
+    level = "debug" if vlog.is_console() else "error"
+    getattr(vlog.get_logger(), level)("unexpected error", error_type=what, error=vlog.scrub(str(exc)), exit_code=1,
+                                      exc_info=exc)
+    where = "run again with --log-level debug for details" if vlog.is_console() else "details in the log"
+    click.echo(f"error: unexpected {what}: {vlog.scrub(str(exc))[:200]} ({where})", err=True)
     sys.exit(1)
 
 
@@ -70,6 +81,19 @@ class _Main(click.Group):
         except Exception as exc:  # noqa: BLE001
             unexpected(exc)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args:  # bare `vaultsync`: the help, and success (as `vault`, `terraform` do)
+            click.echo(ctx.get_help())
+            ctx.exit(0)
+        arity = cli_support.global_option_arity(self.get_params(ctx))
+        return super().parse_args(ctx, cli_support.hoist_global_options(args, arity, self.commands))
+
+
+def output_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--output`` / ``--format`` (the Vault CLI's ``-format=json``): text for people, json for scripts."""
+    return click.option("--output", "--format", "output", type=click.Choice(["text", "json"]), default="text",
+                        show_default=True, help="text for people, json for scripts.")(fn)
+
 
 def wrap_ttl_seconds(text: str | None) -> int | None:
     """``--wrap-ttl``: a whole number of seconds, at least 1 (0 would silently hand out an
@@ -87,10 +111,23 @@ def wrap_ttl_seconds(text: str | None) -> int | None:
     return int(ttl)
 
 
-@click.group(cls=_Main, context_settings=CONTEXT)
+ROOT_HELP = cli_support.examples(
+    "eval \"$(vaultsync dev up)\"              # a local dev server to try it on",
+    "vaultsync init my-stack                  # a starter vaultsync.toml and policies/",
+    "vaultsync migrate --dry-run api/.env     # plan only",
+    "vaultsync migrate services/*/.env        # plan, confirm, write",
+    "vaultsync policies apply policies/",
+    "vaultsync daemon --config vaultsync.toml",
+    "vaultsync doctor                         # check address, TLS, token, mount, roles",
+) + "\n\n" + cli_support.GLOBAL_OPTIONS_NOTE
+
+
+@click.group(cls=_Main, context_settings=CONTEXT, epilog=ROOT_HELP)
 @click.version_option(__version__, prog_name="vaultsync")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Settings file [default: ./vaultsync.toml if present].")
-@click.option("--addr", help="Server address (else VAULT_ADDR / BAO_ADDR).")
+@click.option("-a", "--address", "--addr", "addr", help="Server address (else VAULT_ADDR / BAO_ADDR).")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="File holding the token (wins over VAULT_TOKEN and vault.token_file).")
+@click.option("--token", "token_on_argv", hidden=True, help="Refused: a token on the command line is readable by every local user.")
 @click.option("--namespace", help="Namespace (else VAULT_NAMESPACE / BAO_NAMESPACE).")
 @click.option("--cacert", help="CA file to verify the server with (else VAULT_CACERT / BAO_CACERT).")
 @click.option("--capath", help="Folder of CA files (else VAULT_CAPATH / BAO_CAPATH); --cacert wins.")
@@ -98,14 +135,21 @@ def wrap_ttl_seconds(text: str | None) -> int | None:
 @click.option("--client-key", help="Key of the client certificate (else VAULT_CLIENT_KEY).")
 @click.option("--tls-server-name", help="Name to send (SNI) and check in the server's certificate (else VAULT_TLS_SERVER_NAME).")
 @click.option("--tls-skip-verify", is_flag=True, default=None, help="Turn TLS verification off (not for production).")
-@click.option("--log-format", type=click.Choice(["json", "console"]), default="json", show_default=True)
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default=None,
+              help="Log lines on stderr [default: console on a terminal, else json; or VAULTSYNC_LOG_FORMAT].")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None,
+              help="[default: info; warning for one-shot commands on a terminal].")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, addr: str | None, namespace: str | None, cacert: str | None,
-         capath: str | None, client_cert: str | None, client_key: str | None, tls_server_name: str | None,
-         tls_skip_verify: bool | None, log_format: str, log_level: str) -> None:
+def main(ctx: click.Context, config_path: str | None, addr: str | None, token_file: str | None, token_on_argv: str | None,
+         namespace: str | None, cacert: str | None, capath: str | None, client_cert: str | None, client_key: str | None,
+         tls_server_name: str | None, tls_skip_verify: bool | None, log_format: str | None, log_level: str | None) -> None:
     """Move docker-compose .env secrets into Vault/OpenBao and keep them alive."""
-    vlog.configure(log_format, log_level)
+    fmt = cli_support.log_format_for(log_format, sys.stderr)
+    vlog.configure(fmt, cli_support.log_level_for(log_level, fmt, ctx.invoked_subcommand),
+                   colors=fmt == "console" and cli_support.wants_colour(sys.stderr))
+    if token_on_argv is not None:
+        raise BadInput("--token is not accepted: a command line is readable by every local user (/proc/PID/cmdline). "
+                       "Use VAULT_TOKEN, --token-file FILE, or `vault login` (~/.vault-token)")
     ctx.call_on_close(tracing.shutdown)
     ctx.obj = State(config_path, {
         "vault.addr": addr, "vault.namespace": namespace, "vault.cacert": cacert,
@@ -113,6 +157,8 @@ def main(ctx: click.Context, config_path: str | None, addr: str | None, namespac
         "vault.capath": capath, **({"vault.cacert": ""} if capath and not cacert else {}),
         "vault.client_cert": client_cert, "vault.client_key": client_key, "vault.tls_server_name": tls_server_name,
         "vault.tls_verify": False if tls_skip_verify else None,
+        # An explicit --token-file wins over VAULT_TOKEN from the environment.
+        **({"vault.token_file": token_file, "vault.token": ""} if token_file else {}),
     })
 
 
@@ -133,7 +179,7 @@ def main(ctx: click.Context, config_path: str | None, addr: str | None, namespac
 @click.option("--interpolate-env", "interpolate_env", multiple=True, metavar="NAME",
               help="With --interpolate, let ${NAME} read this environment variable too (repeatable).")
 @click.option("--concurrency", type=click.IntRange(1, 64), help="Parallel requests [default: 8].")
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged keys too.")
 @click.option("--deadline", default="5m", show_default=True,
               help="Give up on writes not started by then (reported; a re-run converges).")
@@ -336,7 +382,7 @@ def policies() -> None:
 @click.option("--prune", is_flag=True, help="Remove policies vaultsync made that nothing declares any more.")
 @click.option("--prune-all", is_flag=True, help="Remove every policy that is only in Vault, other teams' too (never root or default).")
 @click.option("--kv-version", type=click.IntRange(1, 2), help="KV version for generated policies, if the token may not read the mount.")
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option
 @click.pass_obj
 @handle_errors
 def policies_apply(state: State, folder: str | None, dry_run: bool, prune: bool, prune_all: bool, kv_version: int | None,
@@ -442,7 +488,7 @@ def daemon(state: State, metrics_addr: str | None) -> None:
 
 
 @main.command("render", context_settings=CONTEXT)
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option
 @click.pass_obj
 @handle_errors
 def render_cmd(state: State, output: str) -> None:
@@ -469,7 +515,7 @@ def render_cmd(state: State, output: str) -> None:
 
 @main.command(context_settings=CONTEXT)
 @click.option("--metrics-addr", help="Where the daemon listens [default: from the config, 127.0.0.1:9464].")
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option
 @click.pass_obj
 @handle_errors
 def status(state: State, metrics_addr: str | None, output: str) -> None:
@@ -517,7 +563,7 @@ def status(state: State, metrics_addr: str | None, output: str) -> None:
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--since", default="24h", show_default=True,
               help="Window: a duration back from now (24h, 7d) or a UTC time (2026-01-31T08:00:00Z); 'all' for everything.")
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option
 @click.option("--watch", is_flag=True, help="Tail the (one) file and export metrics for Prometheus until SIGTERM.")
 @click.option("--metrics-addr", default="127.0.0.1:9465", show_default=True, help="With --watch: where /metrics listens.")
 @click.pass_obj
@@ -531,3 +577,6 @@ def audit_cmd(state: State, files: tuple[str, ...], since: str, output: str, wat
 
     audit_cli.run(state.settings(), list(files) or ["audit.log"], since=since, output=output, watch=watch,
                   metrics_addr=metrics_addr)
+
+
+cli_support.attach_examples(main)
