@@ -166,63 +166,87 @@ def main(ctx: click.Context, config_path: str | None, addr: str | None, token_fi
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("env_files", nargs=-1, type=click.Path(dir_okay=False))
+@click.argument("env_files", nargs=-1, metavar="[FILE|FILE:SERVICE|FOLDER|GLOB|-]...")
 @click.option("--service", help="Service name for the secret path [default: the file's folder name].")
 @click.option("--path", "secret_path", help="Full secret path under the mount (overrides --prefix/--service).")
 @click.option("--mount", help="KV mount [default: secret].")
 @click.option("--prefix", help="Path prefix under the mount [default: compose].")
 @click.option("--kv-version", type=click.IntRange(1, 2), help="KV version when the token may not read the mount.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
+@click.option("--detailed-exitcode", is_flag=True, help="With --dry-run: exit 0 no changes, 2 changes pending, 1 error.")
 @click.option("--prune", is_flag=True, help="Remove keys that are only in Vault.")
+@click.option("-y", "--yes", "--auto-approve", "yes", is_flag=True,
+              help="Do not ask before overwriting or removing values (never asked without a terminal).")
 @click.option("--strict", is_flag=True, help="A duplicate key is an error, not a warning.")
 @click.option("--interpolate", is_flag=True, help="Expand ${VAR} from keys defined earlier in the same file (off: stored literally).")
 @click.option("--interpolate-env", "interpolate_env", multiple=True, metavar="NAME",
               help="With --interpolate, let ${NAME} read this environment variable too (repeatable).")
 @click.option("--concurrency", type=click.IntRange(1, 64), help="Parallel requests [default: 8].")
 @output_option
+@click.option("--summary", "summary_only", is_flag=True, help="One line per secret to write instead of every key (huge plans).")
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged keys too.")
 @click.option("--deadline", default="5m", show_default=True,
               help="Give up on writes not started by then (reported; a re-run converges).")
 @click.pass_obj
 @handle_errors
 def migrate(state: State, env_files: tuple[str, ...], service: str | None, secret_path: str | None, mount: str | None,
-            prefix: str | None, kv_version: int | None, dry_run: bool, prune: bool, strict: bool, interpolate: bool,
-            interpolate_env: tuple[str, ...], concurrency: int | None, output: str, verbose: bool, deadline: str) -> None:
-    """Import ENV_FILES into KV: print a masked plan, then write with check-and-set.
+            prefix: str | None, kv_version: int | None, dry_run: bool, detailed_exitcode: bool, prune: bool, yes: bool,
+            strict: bool, interpolate: bool, interpolate_env: tuple[str, ...], concurrency: int | None, output: str,
+            summary_only: bool, verbose: bool, deadline: str) -> None:
+    """Import .env files into KV: print a masked plan, ask before overwriting or removing values (on a
+    terminal), then write with check-and-set.
 
-    Exit codes: 0 done, 1 failure, 2 bad input, 3 conflict (someone else wrote first).
+    Each argument is a file, FILE:SERVICE, a folder (every .env below it), a glob, or - (standard input,
+    with --service).
+
+    Exit codes: 0 done, 1 failure, 2 bad input (or, with --dry-run --detailed-exitcode, changes pending),
+    3 conflict (someone else wrote first).
     """
+    from vaultsync import inputs
     from vaultsync import migrate as m
+    from vaultsync import plan_output as po
     from vaultsync.connection import preflight
     from vaultsync.vault import KV, detect_kv_version, make_client
 
+    if detailed_exitcode and not dry_run:
+        raise BadInput("--detailed-exitcode goes with --dry-run (it reports whether changes are pending)")
     try:
         deadline_at = time.monotonic() + leases.parse_duration(deadline)
     except ValueError as exc:
         raise BadInput(f"--deadline: {exc}") from None
     s = state.settings(**{"kv.mount": mount, "kv.prefix": prefix, "kv.version": kv_version, "migrate.concurrency": concurrency})
     if env_files:
-        if secret_path and len(env_files) > 1:
+        sources = inputs.expand(env_files, service=service, secret_path=secret_path)
+        if secret_path and len(sources) > 1:
             raise BadInput("--path names one secret; give one file, or use --service/--prefix")
-        sources = [config.SourceSpec(file=f, service=service, path=secret_path) for f in env_files]
     else:
         sources = list(s.migrate.sources)
         if not sources:
             raise BadInput("no .env files given, and no [[migrate.sources]] in the config")
+        inputs.check_readable(sources)
     if interpolate_env and not interpolate:
         raise BadInput("--interpolate-env needs --interpolate")
     log = vlog.get_logger()
+
+    def warn(msg: str, event: str) -> None:
+        if not vlog.is_console():  # on a terminal the warning line says it; a console log line would repeat it
+            log.warning(event, detail=msg)
+        click.echo(f"warning: {msg}", err=True)
+
     targets = m.build_targets(
         sources, prefix=s.kv.prefix, strict=strict, interpolate=interpolate, interpolate_env=interpolate_env,
-        max_secret_bytes=s.migrate.max_secret_bytes,
-        warn=lambda msg: (log.warning("duplicate key", detail=msg), click.echo(f"warning: {msg}", err=True)),
+        max_secret_bytes=s.migrate.max_secret_bytes, warn=lambda msg: warn(msg, "duplicate key"),
     )
+    for file in inputs.files_without_keys(sources, (w for t in targets for w in t.origins.values())):
+        warn(f"{file}: empty file (no KEY=VALUE lines): nothing to import from it", "empty file")
+    if not targets:
+        click.echo("Nothing to import: the files hold no keys.")
+        return
     for msg in m.style_warnings(targets):
-        log.warning("style cannot carry keys", detail=msg)
-        click.echo(f"warning: {msg}", err=True)
+        warn(msg, "style cannot carry keys")
     client = make_client(s.vault, pool_size=s.migrate.concurrency)
     if not client.token:
-        raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), vault.token_file, or `vault login` (~/.vault-token)")
+        raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), --token-file, vault.token_file, or `vault login` (~/.vault-token)")
     preflight(client)
     version = s.kv.version or detect_kv_version(client, s.kv.mount)
     kv = KV(client, s.kv.mount, version)
@@ -230,14 +254,14 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
         the_plan = m.plan(kv, targets, prune=prune, concurrency=s.migrate.concurrency)
         tracing.set_attributes(sp, writes=len(the_plan.writes))
     if output == "text":
-        click.echo(m.plan_as_text(the_plan, verbose=verbose))
+        click.echo(po.migrate_text(the_plan, verbose=verbose, summary_only=summary_only))
     log.info("migrate planned", mount=kv.mount, kv_version=version, secrets=len(the_plan.secrets), writes=len(the_plan.writes))
     if dry_run or not the_plan.writes:
         if output == "json":
-            click.echo(json.dumps({"plan": m.plan_as_dict(the_plan), "dry_run": dry_run, "result": None}, indent=2))
-        elif not the_plan.writes:
-            click.echo("Nothing to write: Vault already holds these values.")
-        return
+            click.echo(json.dumps({"plan": po.migrate_dict(the_plan), "dry_run": dry_run, "result": None}, indent=2))
+        sys.exit(po.exit_code_for_dry_run(bool(the_plan.writes), detailed_exitcode))
+    if po.migrate_is_destructive(the_plan) and not yes:
+        _confirm_or_cancel("Overwrite or remove the values marked ~ and - above?")
     with tracing.span("vaultsync.migrate.apply", mount=kv.mount, writes=len(the_plan.writes)) as sp:
         if output == "text" and sys.stderr.isatty():
             with click.progressbar(length=len(the_plan.writes), label="writing", file=sys.stderr) as bar:
@@ -251,7 +275,7 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
              unknown=len(outcome.unknown), abandoned=len(outcome.abandoned), abandon_reason=outcome.abandon_reason)
     if output == "json":
         click.echo(json.dumps({
-            "plan": m.plan_as_dict(the_plan), "dry_run": False,
+            "plan": po.migrate_dict(the_plan), "dry_run": False,
             "result": {"written": outcome.written, "conflicts": outcome.conflicts,
                        "failed": [{"path": p, "error": e} for p, e in outcome.failed],
                        "unknown": [{"path": p, "error": e} for p, e in outcome.unknown],
@@ -262,6 +286,18 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
         _print_outcome(outcome, kv.mount, len(the_plan.writes))
     if outcome.exit_code:
         sys.exit(outcome.exit_code)
+
+
+def _confirm_or_cancel(question: str) -> None:
+    """Ask on a terminal (terraform's "only 'yes'"); without one, never ask: scripts and CI go on,
+    as they did before the prompt existed, and --yes documents the intent."""
+    from vaultsync import plan_output as po
+
+    if not (cli_support.is_terminal(sys.stdin) and cli_support.is_terminal(sys.stdout)):
+        return
+    if not po.confirm(question, read=input, out=sys.stdout):
+        click.echo("Apply cancelled: nothing was written.", err=True)
+        sys.exit(1)
 
 
 @main.command("export", context_settings=CONTEXT)
@@ -378,34 +414,54 @@ def policies() -> None:
 
 @policies.command("apply", context_settings=CONTEXT)
 @click.argument("folder", required=False, type=click.Path(file_okay=False))
-@click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (each new or changed policy checked by the server) and stop.")
+@click.option("--detailed-exitcode", is_flag=True, help="With --dry-run: exit 0 no changes, 2 changes pending, 1 error.")
 @click.option("--prune", is_flag=True, help="Remove policies vaultsync made that nothing declares any more.")
 @click.option("--prune-all", is_flag=True, help="Remove every policy that is only in Vault, other teams' too (never root or default).")
+@click.option("-y", "--yes", "--auto-approve", "yes", is_flag=True,
+              help="Do not ask before changing or removing policies (never asked without a terminal).")
 @click.option("--kv-version", type=click.IntRange(1, 2), help="KV version for generated policies, if the token may not read the mount.")
 @output_option
 @click.pass_obj
 @handle_errors
-def policies_apply(state: State, folder: str | None, dry_run: bool, prune: bool, prune_all: bool, kv_version: int | None,
-                   output: str) -> None:
-    """Apply FOLDER/*.hcl [default: ./policies] and the AppRoles of vaultsync.toml's services."""
+def policies_apply(state: State, folder: str | None, dry_run: bool, detailed_exitcode: bool, prune: bool, prune_all: bool,
+                   yes: bool, kv_version: int | None, output: str) -> None:
+    """Apply FOLDER/*.hcl [default: ./policies] and the AppRoles of vaultsync.toml's services.
+
+    Exit codes: 0 done, 1 failure, 2 bad input or an invalid policy (or, with --dry-run
+    --detailed-exitcode, changes pending)."""
+    from vaultsync import plan_output as po
     from vaultsync import policies as pol
 
+    if detailed_exitcode and not dry_run:
+        raise BadInput("--detailed-exitcode goes with --dry-run (it reports whether changes are pending)")
     s = state.settings(**{"kv.version": kv_version})
     if folder is None and os.path.isdir("policies"):
         folder = "policies"
     client = _admin_client(s)
     the_plan = pol.plan(client, s, folder, _kv_for_policies(client, s), prune=prune, prune_all=prune_all)
     if output == "text":
-        click.echo(pol.plan_as_text(the_plan))
+        click.echo(po.policy_text(the_plan))
+    # The server parses each new or changed policy now, so a dry run catches an invalid file too.
+    try:
+        pol.validate(client, the_plan)
+    except BadInput:
+        raise
+    except VaultsyncError as exc:
+        if not dry_run:
+            raise
+        click.echo(f"warning: the server could not check the policies (a dry run with a read-only token?): "
+                   f"{vlog.scrub(str(exc))}", err=True)
     if dry_run or the_plan.empty:
         if output == "json":
-            click.echo(json.dumps({"plan": pol.plan_as_dict(the_plan), "dry_run": dry_run, "result": None}, indent=2))
-        return
-    pol.validate(client, the_plan)
+            click.echo(json.dumps({"plan": po.policy_dict(the_plan), "dry_run": dry_run, "result": None}, indent=2))
+        sys.exit(po.exit_code_for_dry_run(not the_plan.empty, detailed_exitcode))
+    if po.policy_is_destructive(the_plan) and not yes:
+        _confirm_or_cancel("Change or remove the policies and AppRoles marked ~ and - above?")
     out = pol.apply(client, the_plan)
     vlog.get_logger().info("policies applied", applied=len(out.applied), removed=len(out.removed), roles=len(out.roles), failed=len(out.failed))
     if output == "json":
-        click.echo(json.dumps({"plan": pol.plan_as_dict(the_plan), "dry_run": False, "result": {
+        click.echo(json.dumps({"plan": po.policy_dict(the_plan), "dry_run": False, "result": {
             "applied": out.applied, "removed": out.removed, "roles": out.roles,
             "failed": [{"what": w, "error": e} for w, e in out.failed]}}, indent=2))
     else:
