@@ -10,15 +10,27 @@ SERVER_VERSION := vault-v1.14.1
 SERVER := $(CACHE)/$(SERVER_VERSION)/vault
 PYTEST_ARGS ?=
 
-.PHONY: install server system-deps envcheck jaeger otelcol kafka telemetry demo test coverage mutation bench clean
+.PHONY: install install-app dist server system-deps envcheck jaeger otelcol kafka telemetry demo test coverage mutation bench clean
 
 install: $(VENV)/.installed server
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+# The tests' venv: vaultsync and its test extras.
+$(VENV)/.installed: pyproject.toml | $(VENV)/.app
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
+
+# What `make demo` needs: vaultsync itself, nothing more.
+install-app: $(VENV)/.app server
+
+$(VENV)/.app: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# A wheel in dist/ (what `pipx install .` / `pip install .` build on the fly).
+dist: $(VENV)/.app
+	$(BIN)/pip wheel -q --no-deps -w dist .
 
 # Skip the build when a bao/vault binary is on PATH or the pinned one is already built.
 server:
@@ -101,7 +113,7 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-demo: install
+demo: install-app
 	@bash scripts/demo.sh
 
 test: install system-deps envcheck telemetry
@@ -127,4 +139,4 @@ bench: install system-deps
 	$(BIN)/python bench/daemon.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .coverage .coverage.* htmlcov mutants
+	rm -rf $(VENV) dist build *.egg-info .pytest_cache .coverage .coverage.* htmlcov mutants

@@ -14,7 +14,7 @@ import click
 
 from vaultsync import __version__, cli_support, config, devserver, leases, tracing
 from vaultsync import logging as vlog
-from vaultsync.errors import BadInput, ConfigError, VaultsyncError
+from vaultsync.errors import BadInput, ConfigError, RoleNotFound, VaultsyncError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -493,7 +493,12 @@ def approle_credentials(state: State, service: str, out_dir: str | None, to_stdo
     s = state.settings()
     ttl = wrap_ttl_seconds(wrap_ttl)
     client = _admin_client(s)
-    creds = auth.issue_credentials(client, mount=s.auth.mount, role=service, wrap_ttl=ttl)
+    try:
+        creds = auth.issue_credentials(client, mount=s.auth.mount, role=service, wrap_ttl=ttl)
+    except RoleNotFound as exc:
+        from vaultsync.guidance import missing_role
+
+        raise ConfigError(missing_role(s, exc.role, exc.mount)) from None
     kind = "wrapped secret_id (unwrap once, within the TTL)" if creds.wrapped else "secret_id"
     try:
         if to_stdout:
@@ -610,6 +615,36 @@ def status(state: State, metrics_addr: str | None, output: str) -> None:
         for path, dest in svc["destinations"].items():
             err = f" ({dest['error']})" if dest["error"] else ""
             click.echo(f"  {path}: {dest['result']}{err}")
+
+
+@main.command("doctor", context_settings=CONTEXT)
+@output_option
+@click.pass_obj
+@handle_errors
+def doctor_cmd(state: State, output: str) -> None:
+    """Check the setup and print a checklist: address, TLS, server, token, KV mount and version, the
+    policies and AppRoles the config needs, the daemon's credential files, destination folders.
+
+    Read-only. Exit 0 when nothing failed (warnings allowed), 1 otherwise."""
+    from vaultsync import doctor
+    from vaultsync.vault import make_client
+
+    checks = doctor.Doctor(state.settings(), make_client).run()
+    click.echo(json.dumps(doctor.as_dict(checks), indent=2) if output == "json" else doctor.as_text(checks))
+    sys.exit(0 if doctor.as_dict(checks)["ok"] else 1)
+
+
+@main.command("init", context_settings=CONTEXT)
+@click.argument("folder", default=".", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Replace files that already exist.")
+@handle_errors
+def init_cmd(folder: str, force: bool) -> None:
+    """Write a starter vaultsync.toml and the shipped policies/ into FOLDER [default: .]."""
+    from vaultsync import starter
+
+    for path in starter.write(folder, force=force):
+        click.echo(f"wrote {path}")
+    click.echo("Next: edit vaultsync.toml, then `vaultsync doctor` and `vaultsync policies apply --dry-run`.")
 
 
 # --- audit ------------------------------------------------------------------------------------
