@@ -580,7 +580,9 @@ def render_cmd(state: State, output: str) -> None:
 @click.pass_obj
 @handle_errors
 def status(state: State, metrics_addr: str | None, output: str) -> None:
-    """Ask the running daemon: token and lease time left, last renewals, render status."""
+    """Ask the running daemon: token and lease time left, last renewals, render status, the last error.
+
+    Exit 0 when the daemon is ready, 1 when it is not (or does not answer)."""
     import requests
 
     from vaultsync.errors import VaultsyncError
@@ -600,12 +602,15 @@ def status(state: State, metrics_addr: str | None, output: str) -> None:
         raise VaultsyncError(f"no daemon answers at {s.daemon.metrics_addr} (is `vaultsync daemon` running?)") from None
     if output == "json":
         click.echo(json.dumps(doc, indent=2))
-        return
+        sys.exit(0 if doc.get("ready") else 1)
     tok = doc["token"]
-    left = "never expires" if tok["time_left"] is None else f"{tok['time_left']:.0f}s left"
+    if not tok["authenticated"]:
+        left = "no usable token"
+    else:
+        left = "never expires" if tok["time_left"] is None else f"{tok['time_left']:.0f}s left"
     click.echo(f"ready: {doc['ready']}   token ({tok['method']}): {'authenticated' if tok['authenticated'] else 'NOT authenticated'}, {left}")
     if tok.get("error"):
-        click.echo(f"  token error: {tok['error']}")
+        click.echo(f"  last error: {tok['error']}")
     for name, svc in doc["services"].items():
         kv = svc["kv"]
         missing = " (missing: last files kept)" if kv.get("missing") else "" if kv["found"] else " (not found)"
@@ -615,6 +620,8 @@ def status(state: State, metrics_addr: str | None, output: str) -> None:
         for path, dest in svc["destinations"].items():
             err = f" ({dest['error']})" if dest["error"] else ""
             click.echo(f"  {path}: {dest['result']}{err}")
+    if not doc.get("ready"):  # scripts and health checks: `vaultsync status || alert`
+        sys.exit(1)
 
 
 @main.command("doctor", context_settings=CONTEXT)
