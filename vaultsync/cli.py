@@ -351,21 +351,36 @@ def dev() -> None:
 
 
 @dev.command("up", context_settings=CONTEXT)
-@click.option("--port", type=click.IntRange(1, 65535), help="Loopback port [default: a free one].")
+@click.option("--port", type=click.IntRange(1, 65535), help="Loopback port [default: the running one, else a free one].")
 @handle_errors
 def dev_up(port: int | None) -> None:
-    """Start the dev server (or find the running one) and print its export lines."""
+    """Start a dev server (one per port; ours already on that port is reused) and print its export lines."""
     server = devserver.up(port)
     click.echo(f"export VAULT_ADDR={server.addr}")
     click.echo(f"export VAULT_TOKEN={server.token}")
-    click.echo(f"# server log: {server.log}; stop it with: vaultsync dev down", err=True)
+    flag = f" --port {server.addr.rsplit(':', 1)[1]}"
+    click.echo(f"# server log: {server.log}; stop it with: vaultsync dev down{flag}", err=True)
 
 
 @dev.command("down", context_settings=CONTEXT)
+@click.option("--port", type=click.IntRange(1, 65535), help="Stop only the one on this port [default: every one].")
 @handle_errors
-def dev_down() -> None:
-    """Stop the dev server started by `dev up`."""
-    click.echo("stopped" if devserver.down() else "no dev server was running")
+def dev_down(port: int | None) -> None:
+    """Stop the dev servers started by `dev up` (only those: a pid is checked before it is signalled)."""
+    stopped = devserver.down(port)
+    click.echo("\n".join(f"stopped {addr}" for addr in stopped) if stopped else "no dev server was running")
+
+
+@dev.command("status", context_settings=CONTEXT)
+@handle_errors
+def dev_status() -> None:
+    """List the running dev servers started by `dev up` (address, pid, log). Exit 1 when none runs."""
+    servers = devserver.running_all()
+    for server in servers:
+        click.echo(f"{server.addr}  pid {server.pid}  log {server.log}")
+    if not servers:
+        click.echo("no dev server is running")
+        sys.exit(1)
 
 
 def _print_outcome(outcome: Any, mount: str, planned: int) -> None:
