@@ -99,8 +99,8 @@ $(KAFKA_LIBS)/.resolved:
 	mvn -B -q -f tools/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$(KAFKA_LIBS).tmp"
 	@rm -rf "$(KAFKA_LIBS)" && mv "$(KAFKA_LIBS).tmp" "$(KAFKA_LIBS)" && touch "$@"
 
-# PostgreSQL (dynamic database credentials), Prometheus/promtool (alert rules), Alertmanager/amtool, and Maven + a
-# JRE (the Kafka broker) from Debian.
+# PostgreSQL (dynamic database credentials), Prometheus/promtool (alert rules), Alertmanager/amtool, Maven + a
+# JRE (the Kafka broker), and systemd-analyze (deploy/systemd's unit) from Debian.
 system-deps:
 	@missing=""; \
 	[ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
@@ -108,6 +108,7 @@ system-deps:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 		echo "system-deps: installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
