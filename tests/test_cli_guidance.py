@@ -9,9 +9,6 @@ import subprocess
 import sys
 import uuid
 import zipfile
-from pathlib import Path
-
-import pytest
 
 from tests.conftest import ROOT, run_cli
 from vaultsync import config, starter

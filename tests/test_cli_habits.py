@@ -50,6 +50,12 @@ def test_bare_vaultsync_prints_help_and_exits_0(cli):
     assert "Usage:" in res.stdout and "Examples:" in res.stdout and "migrate" in res.stdout
 
 
+@pytest.mark.parametrize("group", ["dev", "policies", "approle"])
+def test_a_bare_command_group_prints_its_help_and_exits_0(cli, group):
+    res = cli(group)
+    assert res.code == 0 and "Usage:" in res.stdout and "Examples:" in res.stdout, res.output
+
+
 def test_subcommand_help_shows_examples(cli):
     res = cli("migrate", "--help")
     assert res.code == 0 and "Examples:" in res.stdout and "--detailed-exitcode" in res.stdout

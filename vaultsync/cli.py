@@ -6,13 +6,12 @@ import functools
 import os
 import json
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from vaultsync import __version__, cli_support, config, devserver, leases, tracing
+from vaultsync import __version__, cli_support, config, tracing
 from vaultsync import logging as vlog
 from vaultsync.errors import BadInput, ConfigError, RoleNotFound, VaultsyncError
 
@@ -66,7 +65,17 @@ def unexpected(exc: BaseException) -> None:
     sys.exit(1)
 
 
-class _Main(click.Group):
+class _Group(click.Group):
+    """A group run bare prints its help and succeeds (as `vault`, `terraform` and `git` do)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args:
+            click.echo(ctx.get_help())
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
+
+
+class _Main(_Group):
     """Catches what escapes a command outside ``handle_errors`` (the group callback, option parsing
     callbacks): the same clean exit."""
 
@@ -82,9 +91,8 @@ class _Main(click.Group):
             unexpected(exc)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args:  # bare `vaultsync`: the help, and success (as `vault`, `terraform` do)
-            click.echo(ctx.get_help())
-            ctx.exit(0)
+        if not args:
+            return super().parse_args(ctx, args)
         arity = cli_support.global_option_arity(self.get_params(ctx))
         return super().parse_args(ctx, cli_support.hoist_global_options(args, arity, self.commands))
 
@@ -93,6 +101,18 @@ def output_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--output`` / ``--format`` (the Vault CLI's ``-format=json``): text for people, json for scripts."""
     return click.option("--output", "--format", "output", type=click.Choice(["text", "json"]), default="text",
                         show_default=True, help="text for people, json for scripts.")(fn)
+
+
+def confirm_or_cancel(question: str) -> None:
+    """Ask on a terminal (terraform's "only 'yes'"); without one, never ask: scripts and CI go on,
+    as they did before the prompt existed, and --yes documents the intent."""
+    from vaultsync import plan_output as po
+
+    if not (cli_support.is_terminal(sys.stdin) and cli_support.is_terminal(sys.stdout)):
+        return
+    if not po.confirm(question, read=input, out=sys.stdout):
+        click.echo("Apply cancelled: nothing was written.", err=True)
+        sys.exit(1)
 
 
 def wrap_ttl_seconds(text: str | None) -> int | None:
@@ -162,144 +182,6 @@ def main(ctx: click.Context, config_path: str | None, addr: str | None, token_fi
     })
 
 
-# --- migrate ------------------------------------------------------------------------
-
-
-@main.command(context_settings=CONTEXT)
-@click.argument("env_files", nargs=-1, metavar="[FILE|FILE:SERVICE|FOLDER|GLOB|-]...")
-@click.option("--service", help="Service name for the secret path [default: the file's folder name].")
-@click.option("--path", "secret_path", help="Full secret path under the mount (overrides --prefix/--service).")
-@click.option("--mount", help="KV mount [default: secret].")
-@click.option("--prefix", help="Path prefix under the mount [default: compose].")
-@click.option("--kv-version", type=click.IntRange(1, 2), help="KV version when the token may not read the mount.")
-@click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
-@click.option("--detailed-exitcode", is_flag=True, help="With --dry-run: exit 0 no changes, 2 changes pending, 1 error.")
-@click.option("--prune", is_flag=True, help="Remove keys that are only in Vault.")
-@click.option("-y", "--yes", "--auto-approve", "yes", is_flag=True,
-              help="Do not ask before overwriting or removing values (never asked without a terminal).")
-@click.option("--strict", is_flag=True, help="A duplicate key is an error, not a warning.")
-@click.option("--interpolate", is_flag=True, help="Expand ${VAR} from keys defined earlier in the same file (off: stored literally).")
-@click.option("--interpolate-env", "interpolate_env", multiple=True, metavar="NAME",
-              help="With --interpolate, let ${NAME} read this environment variable too (repeatable).")
-@click.option("--concurrency", type=click.IntRange(1, 64), help="Parallel requests [default: 8].")
-@output_option
-@click.option("--summary", "summary_only", is_flag=True, help="One line per secret to write instead of every key (huge plans).")
-@click.option("-v", "--verbose", is_flag=True, help="List unchanged keys too.")
-@click.option("--deadline", default="5m", show_default=True,
-              help="Give up on writes not started by then (reported; a re-run converges).")
-@click.pass_obj
-@handle_errors
-def migrate(state: State, env_files: tuple[str, ...], service: str | None, secret_path: str | None, mount: str | None,
-            prefix: str | None, kv_version: int | None, dry_run: bool, detailed_exitcode: bool, prune: bool, yes: bool,
-            strict: bool, interpolate: bool, interpolate_env: tuple[str, ...], concurrency: int | None, output: str,
-            summary_only: bool, verbose: bool, deadline: str) -> None:
-    """Import .env files into KV: print a masked plan, ask before overwriting or removing values (on a
-    terminal), then write with check-and-set.
-
-    Each argument is a file, FILE:SERVICE, a folder (every .env below it), a glob, or - (standard input,
-    with --service).
-
-    Exit codes: 0 done, 1 failure, 2 bad input (or, with --dry-run --detailed-exitcode, changes pending),
-    3 conflict (someone else wrote first).
-    """
-    from vaultsync import inputs
-    from vaultsync import migrate as m
-    from vaultsync import plan_output as po
-    from vaultsync.connection import preflight
-    from vaultsync.vault import KV, detect_kv_version, make_client
-
-    if detailed_exitcode and not dry_run:
-        raise BadInput("--detailed-exitcode goes with --dry-run (it reports whether changes are pending)")
-    try:
-        deadline_at = time.monotonic() + leases.parse_duration(deadline)
-    except ValueError as exc:
-        raise BadInput(f"--deadline: {exc}") from None
-    s = state.settings(**{"kv.mount": mount, "kv.prefix": prefix, "kv.version": kv_version, "migrate.concurrency": concurrency})
-    if env_files:
-        sources = inputs.expand(env_files, service=service, secret_path=secret_path)
-        if secret_path and len(sources) > 1:
-            raise BadInput("--path names one secret; give one file, or use --service/--prefix")
-    else:
-        sources = list(s.migrate.sources)
-        if not sources:
-            raise BadInput("no .env files given, and no [[migrate.sources]] in the config")
-        inputs.check_readable(sources)
-    if interpolate_env and not interpolate:
-        raise BadInput("--interpolate-env needs --interpolate")
-    log = vlog.get_logger()
-
-    def warn(msg: str, event: str) -> None:
-        if not vlog.is_console():  # on a terminal the warning line says it; a console log line would repeat it
-            log.warning(event, detail=msg)
-        click.echo(f"warning: {msg}", err=True)
-
-    targets = m.build_targets(
-        sources, prefix=s.kv.prefix, strict=strict, interpolate=interpolate, interpolate_env=interpolate_env,
-        max_secret_bytes=s.migrate.max_secret_bytes, warn=lambda msg: warn(msg, "duplicate key"),
-    )
-    for file in inputs.files_without_keys(sources, (w for t in targets for w in t.origins.values())):
-        warn(f"{file}: empty file (no KEY=VALUE lines): nothing to import from it", "empty file")
-    if not targets:
-        click.echo("Nothing to import: the files hold no keys.")
-        return
-    for msg in m.style_warnings(targets):
-        warn(msg, "style cannot carry keys")
-    client = make_client(s.vault, pool_size=s.migrate.concurrency)
-    if not client.token:
-        raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), --token-file, vault.token_file, or `vault login` (~/.vault-token)")
-    preflight(client)
-    version = s.kv.version or detect_kv_version(client, s.kv.mount)
-    kv = KV(client, s.kv.mount, version)
-    with tracing.span("vaultsync.migrate.plan", mount=kv.mount, kv_version=version, secrets=len(targets)) as sp:
-        the_plan = m.plan(kv, targets, prune=prune, concurrency=s.migrate.concurrency)
-        tracing.set_attributes(sp, writes=len(the_plan.writes))
-    if output == "text":
-        click.echo(po.migrate_text(the_plan, verbose=verbose, summary_only=summary_only))
-    log.info("migrate planned", mount=kv.mount, kv_version=version, secrets=len(the_plan.secrets), writes=len(the_plan.writes))
-    if dry_run or not the_plan.writes:
-        if output == "json":
-            click.echo(json.dumps({"plan": po.migrate_dict(the_plan), "dry_run": dry_run, "result": None}, indent=2))
-        sys.exit(po.exit_code_for_dry_run(bool(the_plan.writes), detailed_exitcode))
-    if po.migrate_is_destructive(the_plan) and not yes:
-        _confirm_or_cancel("Overwrite or remove the values marked ~ and - above?")
-    with tracing.span("vaultsync.migrate.apply", mount=kv.mount, writes=len(the_plan.writes)) as sp:
-        if output == "text" and sys.stderr.isatty():
-            with click.progressbar(length=len(the_plan.writes), label="writing", file=sys.stderr) as bar:
-                outcome = m.apply(kv, the_plan, concurrency=s.migrate.concurrency, progress=lambda _sp: bar.update(1),
-                                  deadline=deadline_at)
-        else:
-            outcome = m.apply(kv, the_plan, concurrency=s.migrate.concurrency, deadline=deadline_at)
-        tracing.set_attributes(sp, written=len(outcome.written), conflicts=len(outcome.conflicts), failed=len(outcome.failed),
-                               unknown=len(outcome.unknown), abandoned=len(outcome.abandoned))
-    log.info("migrate applied", written=len(outcome.written), conflicts=len(outcome.conflicts), failed=len(outcome.failed),
-             unknown=len(outcome.unknown), abandoned=len(outcome.abandoned), abandon_reason=outcome.abandon_reason)
-    if output == "json":
-        click.echo(json.dumps({
-            "plan": po.migrate_dict(the_plan), "dry_run": False,
-            "result": {"written": outcome.written, "conflicts": outcome.conflicts,
-                       "failed": [{"path": p, "error": e} for p, e in outcome.failed],
-                       "unknown": [{"path": p, "error": e} for p, e in outcome.unknown],
-                       "abandoned": outcome.abandoned, "abandon_reason": outcome.abandon_reason},
-            "exit_code": outcome.exit_code,
-        }, indent=2))
-    else:
-        _print_outcome(outcome, kv.mount, len(the_plan.writes))
-    if outcome.exit_code:
-        sys.exit(outcome.exit_code)
-
-
-def _confirm_or_cancel(question: str) -> None:
-    """Ask on a terminal (terraform's "only 'yes'"); without one, never ask: scripts and CI go on,
-    as they did before the prompt existed, and --yes documents the intent."""
-    from vaultsync import plan_output as po
-
-    if not (cli_support.is_terminal(sys.stdin) and cli_support.is_terminal(sys.stdout)):
-        return
-    if not po.confirm(question, read=input, out=sys.stdout):
-        click.echo("Apply cancelled: nothing was written.", err=True)
-        sys.exit(1)
-
-
 @main.command("export", context_settings=CONTEXT)
 @click.argument("secret_path", metavar="PATH")
 @click.option("--style", type=click.Choice([s for s in config.STYLES if s != "template"]), default="dotenv",
@@ -342,64 +224,6 @@ def export_cmd(state: State, secret_path: str, style: str, out_file: str | None,
         click.echo(text, nl=False)
 
 
-# --- dev server -------------------------------------------------------------------------
-
-
-@main.group(context_settings=CONTEXT)
-def dev() -> None:
-    """A local dev-mode server for trying vaultsync out (in memory, root token known)."""
-
-
-@dev.command("up", context_settings=CONTEXT)
-@click.option("--port", type=click.IntRange(1, 65535), help="Loopback port [default: the running one, else a free one].")
-@handle_errors
-def dev_up(port: int | None) -> None:
-    """Start a dev server (one per port; ours already on that port is reused) and print its export lines."""
-    server = devserver.up(port)
-    click.echo(f"export VAULT_ADDR={server.addr}")
-    click.echo(f"export VAULT_TOKEN={server.token}")
-    flag = f" --port {server.addr.rsplit(':', 1)[1]}"
-    click.echo(f"# server log: {server.log}; stop it with: vaultsync dev down{flag}", err=True)
-
-
-@dev.command("down", context_settings=CONTEXT)
-@click.option("--port", type=click.IntRange(1, 65535), help="Stop only the one on this port [default: every one].")
-@handle_errors
-def dev_down(port: int | None) -> None:
-    """Stop the dev servers started by `dev up` (only those: a pid is checked before it is signalled)."""
-    stopped = devserver.down(port)
-    click.echo("\n".join(f"stopped {addr}" for addr in stopped) if stopped else "no dev server was running")
-
-
-@dev.command("status", context_settings=CONTEXT)
-@handle_errors
-def dev_status() -> None:
-    """List the running dev servers started by `dev up` (address, pid, log). Exit 1 when none runs."""
-    servers = devserver.running_all()
-    for server in servers:
-        click.echo(f"{server.addr}  pid {server.pid}  log {server.log}")
-    if not servers:
-        click.echo("no dev server is running")
-        sys.exit(1)
-
-
-def _print_outcome(outcome: Any, mount: str, planned: int) -> None:
-    """Written, not written and unknown, each said separately: a timeout is not a "no"."""
-    click.echo(f"Wrote {len(outcome.written)} of {planned} secrets.")
-    for path in outcome.conflicts:
-        click.echo(f"conflict: {mount}/{path} was changed by someone else after planning; not written. Re-run to see the new plan.", err=True)
-    for path, reason in outcome.failed:
-        click.echo(f"failed: {mount}/{path}: {reason} (not written)", err=True)
-    for path, reason in outcome.unknown:
-        click.echo(f"unknown: {mount}/{path}: {reason}; it may have been written (re-run to converge)", err=True)
-    if outcome.abandoned:
-        click.echo(f"not written: {len(outcome.abandoned)} secrets not attempted ({outcome.abandon_reason}).", err=True)
-    not_written = len(outcome.not_written)
-    if not_written or outcome.unknown:
-        click.echo(f"{len(outcome.written)} written, {not_written} not written, {len(outcome.unknown)} unknown "
-                   "(re-run to converge).", err=True)
-
-
 # --- policies and AppRoles ----------------------------------------------------------------
 
 
@@ -422,7 +246,7 @@ def _admin_client(s: config.Settings) -> Any:
     return client
 
 
-@main.group(context_settings=CONTEXT)
+@main.group(cls=_Group, context_settings=CONTEXT)
 def policies() -> None:
     """HCL policies from a folder, plus a least-privilege policy and an AppRole per service."""
 
@@ -472,7 +296,7 @@ def policies_apply(state: State, folder: str | None, dry_run: bool, detailed_exi
             click.echo(json.dumps({"plan": po.policy_dict(the_plan), "dry_run": dry_run, "result": None}, indent=2))
         sys.exit(po.exit_code_for_dry_run(not the_plan.empty, detailed_exitcode))
     if po.policy_is_destructive(the_plan) and not yes:
-        _confirm_or_cancel("Change or remove the policies and AppRoles marked ~ and - above?")
+        confirm_or_cancel("Change or remove the policies and AppRoles marked ~ and - above?")
     out = pol.apply(client, the_plan)
     vlog.get_logger().info("policies applied", applied=len(out.applied), removed=len(out.removed), roles=len(out.roles), failed=len(out.failed))
     if output == "json":
@@ -487,7 +311,7 @@ def policies_apply(state: State, folder: str | None, dry_run: bool, detailed_exi
         sys.exit(1)
 
 
-@main.group(context_settings=CONTEXT)
+@main.group(cls=_Group, context_settings=CONTEXT)
 def approle() -> None:
     """AppRole credentials for a service."""
 
@@ -639,36 +463,6 @@ def status(state: State, metrics_addr: str | None, output: str) -> None:
         sys.exit(1)
 
 
-@main.command("doctor", context_settings=CONTEXT)
-@output_option
-@click.pass_obj
-@handle_errors
-def doctor_cmd(state: State, output: str) -> None:
-    """Check the setup and print a checklist: address, TLS, server, token, KV mount and version, the
-    policies and AppRoles the config needs, the daemon's credential files, destination folders.
-
-    Read-only. Exit 0 when nothing failed (warnings allowed), 1 otherwise."""
-    from vaultsync import doctor
-    from vaultsync.vault import make_client
-
-    checks = doctor.Doctor(state.settings(), make_client).run()
-    click.echo(json.dumps(doctor.as_dict(checks), indent=2) if output == "json" else doctor.as_text(checks))
-    sys.exit(0 if doctor.as_dict(checks)["ok"] else 1)
-
-
-@main.command("init", context_settings=CONTEXT)
-@click.argument("folder", default=".", type=click.Path(file_okay=False))
-@click.option("--force", is_flag=True, help="Replace files that already exist.")
-@handle_errors
-def init_cmd(folder: str, force: bool) -> None:
-    """Write a starter vaultsync.toml and the shipped policies/ into FOLDER [default: .]."""
-    from vaultsync import starter
-
-    for path in starter.write(folder, force=force):
-        click.echo(f"wrote {path}")
-    click.echo("Next: edit vaultsync.toml, then `vaultsync doctor` and `vaultsync policies apply --dry-run`.")
-
-
 # --- audit ------------------------------------------------------------------------------------
 
 
@@ -691,5 +485,8 @@ def audit_cmd(state: State, files: tuple[str, ...], since: str, output: str, wat
     audit_cli.run(state.settings(), list(files) or ["audit.log"], since=since, output=output, watch=watch,
                   metrics_addr=metrics_addr)
 
+
+# Commands defined in their own modules register themselves on `main` when imported.
+from vaultsync import cli_migrate, cli_setup  # noqa: E402,F401
 
 cli_support.attach_examples(main)
