@@ -31,6 +31,14 @@ def test_global_options_are_hoisted_in_front_of_the_subcommand(argv, expected):
     assert cli_support.hoist_global_options(argv, ARITY, COMMANDS) == expected
 
 
+def test_go_style_single_dash_flags_are_understood():
+    names = cli_support.long_option_names(cli_module.main)
+    assert {"--format", "--address", "--dry-run", "--config"} <= names
+    argv = ["-address=http://h:1", "migrate", "-format=json", "-dry-run", "-v", "-y", "a.env", "--", "-format=x"]
+    assert cli_support.go_style_flags(argv, names) == [
+        "--address=http://h:1", "migrate", "--format=json", "--dry-run", "-v", "-y", "a.env", "--", "-format=x"]
+
+
 def _all_commands(group: click.Group, prefix: tuple[str, ...] = ()):
     for name, command in group.commands.items():
         yield (*prefix, name), command
@@ -70,7 +78,7 @@ def test_address_alias_and_format_alias(cli, tmp_path, kv2):
     env_file = tmp_path / "svc" / ".env"
     env_file.parent.mkdir()
     env_file.write_text("A=1\n")
-    res = cli("migrate", str(env_file), "--mount", kv2, "--dry-run", "--format", "json", "-a", "http://127.0.0.1:9")
+    res = cli("migrate", str(env_file), "--mount", kv2, "-dry-run", "-format=json", "-a", "http://127.0.0.1:9")
     assert res.code == 1 and "127.0.0.1:9" in res.stderr, res.output  # -a after the command reached the client
     ok = cli("migrate", str(env_file), "--mount", kv2, "--dry-run", "--format", "json")
     assert ok.code == 0, ok.output

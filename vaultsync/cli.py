@@ -94,6 +94,7 @@ class _Main(_Group):
         if not args:
             return super().parse_args(ctx, args)
         arity = cli_support.global_option_arity(self.get_params(ctx))
+        args = cli_support.go_style_flags(args, cli_support.long_option_names(self))
         return super().parse_args(ctx, cli_support.hoist_global_options(args, arity, self.commands))
 
 

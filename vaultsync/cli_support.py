@@ -58,6 +58,36 @@ def hoist_global_options(args: Sequence[str], arity: Mapping[str, bool], command
     return [*head, *hoisted, *rest]
 
 
+def long_option_names(group: click.Group) -> set[str]:
+    """Every ``--name`` any command of the tree accepts."""
+    names: set[str] = set()
+    for param in group.params:
+        names.update(o for o in (*getattr(param, "opts", ()), *getattr(param, "secondary_opts", ())) if o.startswith("--"))
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            names |= long_option_names(command)
+        else:
+            for param in command.params:
+                names.update(o for o in (*getattr(param, "opts", ()), *getattr(param, "secondary_opts", ()))
+                             if o.startswith("--"))
+    return names
+
+
+def go_style_flags(args: Sequence[str], long_names: set[str]) -> list[str]:
+    """``-format=json``, ``-address=URL``, ``-dry-run`` (the Vault CLI's and terraform's Go-style
+    single-dash flags) -> ``--format=json`` ... when ``--name`` is one of ours. Single letters and
+    anything after ``--`` are left alone."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + list(args[i:])
+        name = arg.split("=", 1)[0]
+        if arg.startswith("-") and not arg.startswith("--") and len(name) > 2 and "-" + name in long_names:
+            arg = "-" + arg
+        out.append(arg)
+    return out
+
+
 def _command_index(args: Sequence[str], arity: Mapping[str, bool], commands: set[str]) -> int | None:
     i = 0
     while i < len(args):
