@@ -47,6 +47,8 @@ def test_detailed_exitcode_tells_ci_whether_changes_are_pending(cli, kv2, tmp_pa
     assert cli("migrate", "--mount", kv2, "--yes", str(api)).code == 0
     clean = cli("migrate", "--mount", kv2, "--dry-run", "--detailed-exitcode", str(api))
     assert clean.code == 0 and "No changes." in clean.stdout, clean.output
+    assert "compose/api" not in clean.stdout and "1 secrets with nothing to write not shown" in clean.stdout
+    assert "compose/api (version 1)" in cli("migrate", "--mount", kv2, "--dry-run", "-v", str(api)).stdout
     misuse = cli("migrate", "--mount", kv2, "--detailed-exitcode", str(api))
     assert misuse.code == 2 and "--detailed-exitcode goes with --dry-run" in misuse.stderr
 

@@ -9,6 +9,7 @@ values never appear, only keys, fingerprints and the ``file:line`` each key came
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -66,8 +67,12 @@ def migrate_text(p: m.Plan, *, verbose: bool = False, summary_only: bool = False
             lines.append(f"  {p.mount}/{sp.target.path}: {counts}")
         lines.append(migrate_summary(p))
         return "\n".join(lines)
-    body = m.plan_as_text(p, verbose=verbose).rsplit("\n", 1)[0]  # its last line is superseded by the summary
-    return f"{body}\n{migrate_summary(p)}"
+    # As terraform: secrets with nothing to write are counted in the summary, listed only with -v.
+    shown = p if verbose else dataclasses.replace(p, secrets=tuple(sp for sp in p.secrets if sp.needs_write))
+    body = m.plan_as_text(shown, verbose=verbose).rsplit("\n", 1)[0]  # its last line is superseded by the summary
+    hidden = len(p.secrets) - len(shown.secrets)
+    note = f"\n  ({hidden} secrets with nothing to write not shown; -v lists them)" if hidden else ""
+    return f"{body}{note}\n{migrate_summary(p)}"
 
 
 def migrate_dict(p: m.Plan) -> dict[str, Any]:
