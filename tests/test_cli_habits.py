@@ -39,6 +39,28 @@ def test_go_style_single_dash_flags_are_understood():
         "--address=http://h:1", "migrate", "--format=json", "--dry-run", "-v", "-y", "a.env", "--", "-format=x"]
 
 
+def test_a_passthrough_command_keeps_its_arguments(monkeypatch):
+    """A command that runs a child program (allow_interspersed_args=False) gets its arguments as
+    given: `--config` or `-format=json` after it belong to the child."""
+    seen = {}
+
+    @cli_module.main.command("probe-passthrough", context_settings={"allow_interspersed_args": False,
+                                                                     "ignore_unknown_options": True})
+    @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+    @click.pass_obj
+    def probe(state, argv):
+        seen["argv"], seen["config"] = argv, state.config_path
+
+    try:
+        from click.testing import CliRunner
+
+        res = CliRunner().invoke(cli_module.main, ["--config", "a.toml", "probe-passthrough", "cmd", "--config", "b", "-format=json"])
+        assert res.exit_code == 0, res.output
+        assert seen == {"argv": ("cmd", "--config", "b", "-format=json"), "config": "a.toml"}
+    finally:
+        del cli_module.main.commands["probe-passthrough"]
+
+
 def _all_commands(group: click.Group, prefix: tuple[str, ...] = ()):
     for name, command in group.commands.items():
         yield (*prefix, name), command

@@ -94,8 +94,15 @@ class _Main(_Group):
         if not args:
             return super().parse_args(ctx, args)
         arity = cli_support.global_option_arity(self.get_params(ctx))
-        args = cli_support.go_style_flags(args, cli_support.long_option_names(self))
-        return super().parse_args(ctx, cli_support.hoist_global_options(args, arity, self.commands))
+        # A command that hands its arguments to a child program (allow_interspersed_args=False, e.g.
+        # `exec`) keeps everything after its name untouched: those flags are the child's.
+        index = cli_support.command_index(args, arity, set(self.commands))
+        command = self.commands[args[index]] if index is not None else None
+        passthrough = command is not None and not command.context_settings.get(
+            "allow_interspersed_args", command.allow_interspersed_args)
+        head, tail = (args[:index + 1], args[index + 1:]) if passthrough and index is not None else (args, [])
+        head = cli_support.go_style_flags(head, cli_support.long_option_names(self))
+        return super().parse_args(ctx, cli_support.hoist_global_options(head, arity, self.commands) + tail)
 
 
 def output_option(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -33,7 +33,7 @@ def hoist_global_options(args: Sequence[str], arity: Mapping[str, bool], command
     Nothing after a ``--`` is touched, and a value that follows a global option is never read as
     an option itself."""
     args = list(args)
-    first = _command_index(args, arity, set(commands))
+    first = command_index(args, arity, set(commands))
     if first is None:
         return args
     head, tail = args[:first], args[first:]
@@ -88,7 +88,7 @@ def go_style_flags(args: Sequence[str], long_names: set[str]) -> list[str]:
     return out
 
 
-def _command_index(args: Sequence[str], arity: Mapping[str, bool], commands: set[str]) -> int | None:
+def command_index(args: Sequence[str], arity: Mapping[str, bool], commands: set[str]) -> int | None:
     i = 0
     while i < len(args):
         arg = args[i]
