@@ -150,6 +150,11 @@ def test_log_format_follows_the_terminal(monkeypatch, requested, tty, env, expec
     assert cli_support.log_format_for(requested, Stream()) == expected  # type: ignore[arg-type]
 
 
+def test_a_bad_log_format_variable_is_bad_input(cli):
+    res = cli("status", env={"VAULTSYNC_LOG_FORMAT": "xml"})
+    assert res.code == 2 and "VAULTSYNC_LOG_FORMAT must be auto, json or console" in res.stderr, res.output
+
+
 def test_no_color_turns_colour_off(monkeypatch):
     class Tty:
         def isatty(self):

@@ -172,7 +172,10 @@ def main(ctx: click.Context, config_path: str | None, addr: str | None, token_fi
          namespace: str | None, cacert: str | None, capath: str | None, client_cert: str | None, client_key: str | None,
          tls_server_name: str | None, tls_skip_verify: bool | None, log_format: str | None, log_level: str | None) -> None:
     """Move docker-compose .env secrets into Vault/OpenBao and keep them alive."""
-    fmt = cli_support.log_format_for(log_format, sys.stderr)
+    try:
+        fmt = cli_support.log_format_for(log_format, sys.stderr)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
     vlog.configure(fmt, cli_support.log_level_for(log_level, fmt, ctx.invoked_subcommand),
                    colors=fmt == "console" and cli_support.wants_colour(sys.stderr))
     if token_on_argv is not None:

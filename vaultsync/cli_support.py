@@ -113,6 +113,8 @@ def log_format_for(requested: str | None, stderr: IO[str] | None) -> str:
     """``console`` for a person at a terminal, ``json`` for a pipe, a file or a log collector,
     unless asked (``--log-format`` or ``VAULTSYNC_LOG_FORMAT``)."""
     choice = requested or os.environ.get("VAULTSYNC_LOG_FORMAT") or "auto"
+    if choice not in ("auto", "json", "console"):
+        raise ValueError(f"VAULTSYNC_LOG_FORMAT must be auto, json or console, not {choice[:20]!r}")
     if choice == "auto":
         return "console" if is_terminal(stderr) else "json"
     return choice
