@@ -37,6 +37,7 @@ def test_prune_on_a_terminal_asks_and_only_yes_applies(vault_env, root, kv2, tmp
     path = env_file(tmp_path, "A=new\n")
     child = spawn(vault_env, "migrate", "--mount", kv2, "--prune", str(path))
     child.expect("Plan: 0 to add, 1 to change, 1 to remove")
+    assert "\x1b[33m~ A" in child.before and "\x1b[31m- GONE" in child.before, child.before  # terraform's colours
     child.expect("Only 'yes' will be accepted")
     child.expect("Enter a value: ")
     child.sendline(answer)

@@ -291,7 +291,8 @@ def policies_apply(state: State, folder: str | None, dry_run: bool, detailed_exi
     client = _admin_client(s)
     the_plan = pol.plan(client, s, folder, _kv_for_policies(client, s), prune=prune, prune_all=prune_all)
     if output == "text":
-        click.echo(po.policy_text(the_plan))
+        text = po.policy_text(the_plan)
+        click.echo(po.colourize(text) if cli_support.wants_colour(sys.stdout) else text)
     # The server parses each new or changed policy now, so a dry run catches an invalid file too.
     try:
         pol.validate(client, the_plan)

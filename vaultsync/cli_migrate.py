@@ -107,7 +107,7 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
         the_plan = m.plan(kv, targets, prune=prune, concurrency=s.migrate.concurrency)
         tracing.set_attributes(sp, writes=len(the_plan.writes))
     if output == "text":
-        click.echo(po.migrate_text(the_plan, verbose=verbose, summary_only=summary_only))
+        click.echo(_for_terminal(po.migrate_text(the_plan, verbose=verbose, summary_only=summary_only)))
     log.info("migrate planned", mount=kv.mount, kv_version=version, secrets=len(the_plan.secrets), writes=len(the_plan.writes))
     if dry_run or not the_plan.writes:
         if output == "json":
@@ -156,3 +156,10 @@ def _print_outcome(outcome: Any, mount: str, planned: int) -> None:
     if not_written or outcome.unknown:
         click.echo(f"{len(outcome.written)} written, {not_written} not written, {len(outcome.unknown)} unknown "
                    "(re-run to converge).", err=True)
+
+
+def _for_terminal(text: str) -> str:
+    from vaultsync import cli_support
+    from vaultsync import plan_output as po
+
+    return po.colourize(text) if cli_support.wants_colour(sys.stdout) else text

@@ -130,3 +130,22 @@ def confirm(question: str, *, read: Callable[[str], str], out: TextIO) -> bool:
 def exit_code_for_dry_run(pending: bool, detailed: bool) -> int:
     """``--detailed-exitcode``: 0 no changes, 2 changes pending (1 stays "error")."""
     return 2 if detailed and pending else 0
+
+
+_COLOURS = {"+": "green", "~": "yellow", "-": "red", "?": "cyan"}
+
+
+def colourize(text: str) -> str:
+    """terraform's colours for a terminal: + green, ~ yellow, - red, ? cyan (the sign and key)."""
+    import click
+
+    out = []
+    for line in text.split("\n"):
+        body = line.lstrip(" ")
+        sign = body[:2]
+        if len(sign) == 2 and sign[1] == " " and sign[0] in _COLOURS:
+            line = line[: len(line) - len(body)] + click.style(body, fg=_COLOURS[sign[0]])
+        elif body.startswith("Plan: "):
+            line = click.style(line, bold=True)
+        out.append(line)
+    return "\n".join(out)
