@@ -91,8 +91,9 @@ def test_subcommand_help_shows_examples(cli):
     assert res.code == 0 and "Examples:" in res.stdout and "--detailed-exitcode" in res.stdout
 
 
-def test_config_after_the_subcommand_is_read(cli, tmp_path):
-    res = cli("status", "--config", str(tmp_path / "nope.toml"))
+@pytest.mark.parametrize("command", [["status"], ["policies", "apply"], ["approle", "credentials", "x", "--stdout"]])
+def test_config_after_the_subcommand_is_read(cli, tmp_path, command):
+    res = cli(*command, "--config", str(tmp_path / "nope.toml"))
     assert res.code == 2 and "nope.toml: config file not found" in res.stderr, res.output
 
 

@@ -98,7 +98,8 @@ class _Main(_Group):
         # `exec`) keeps everything after its name untouched: those flags are the child's.
         index = cli_support.command_index(args, arity, set(self.commands))
         command = self.commands[args[index]] if index is not None else None
-        passthrough = command is not None and not command.context_settings.get(
+        # (a group never allows interspersed args itself: its subcommands do)
+        passthrough = command is not None and not isinstance(command, click.Group) and not command.context_settings.get(
             "allow_interspersed_args", command.allow_interspersed_args)
         head, tail = (args[:index + 1], args[index + 1:]) if passthrough and index is not None else (args, [])
         head = cli_support.go_style_flags(head, cli_support.long_option_names(self))
