@@ -10,15 +10,27 @@ SERVER_VERSION := vault-v1.14.1
 SERVER := $(CACHE)/$(SERVER_VERSION)/vault
 PYTEST_ARGS ?=
 
-.PHONY: install server system-deps envcheck jaeger otelcol kafka telemetry demo test coverage mutation bench clean
+.PHONY: install install-app dist server system-deps envcheck jaeger otelcol kafka telemetry demo test coverage mutation bench clean
 
 install: $(VENV)/.installed server
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+# The tests' venv: vaultsync and its test extras.
+$(VENV)/.installed: pyproject.toml | $(VENV)/.app
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
+
+# What `make demo` needs: vaultsync itself, nothing more.
+install-app: $(VENV)/.app server
+
+$(VENV)/.app: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# A wheel in dist/ (what `pipx install .` / `pip install .` build on the fly).
+dist: $(VENV)/.app
+	$(BIN)/pip wheel -q --no-deps -w dist .
 
 # Skip the build when a bao/vault binary is on PATH or the pinned one is already built.
 server:
@@ -87,8 +99,8 @@ $(KAFKA_LIBS)/.resolved:
 	mvn -B -q -f tools/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$(KAFKA_LIBS).tmp"
 	@rm -rf "$(KAFKA_LIBS)" && mv "$(KAFKA_LIBS).tmp" "$(KAFKA_LIBS)" && touch "$@"
 
-# PostgreSQL (dynamic database credentials), Prometheus/promtool (alert rules), Alertmanager/amtool, and Maven + a
-# JRE (the Kafka broker) from Debian.
+# PostgreSQL (dynamic database credentials), Prometheus/promtool (alert rules), Alertmanager/amtool, Maven + a
+# JRE (the Kafka broker), and systemd-analyze (deploy/systemd's unit) from Debian.
 system-deps:
 	@missing=""; \
 	[ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
@@ -96,12 +108,13 @@ system-deps:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 		echo "system-deps: installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-demo: install
+demo: install-app
 	@bash scripts/demo.sh
 
 test: install system-deps envcheck telemetry
@@ -127,4 +140,4 @@ bench: install system-deps
 	$(BIN)/python bench/daemon.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .coverage .coverage.* htmlcov mutants
+	rm -rf $(VENV) dist build *.egg-info .pytest_cache .coverage .coverage.* htmlcov mutants

@@ -47,7 +47,7 @@ style = "dotenv"
 path = "demo.sh"
 style = "shell"
 TOML
-vs --config .demo/vaultsync.toml policies apply policies/
+vs --config .demo/vaultsync.toml policies apply --yes policies/
 
 echo; echo "== 6. issue the service's AppRole credentials, then render its env files once as that service"
 

@@ -117,7 +117,7 @@ command = {json.dumps(HOOK + [str(workdir / "hooks.log")])}
         assert d.count("old lease revoked") >= 1
         assert d.metric("vaultsync_lease_expiry_timestamp_seconds", service="api", secret="db") > time.time()
         assert d.metric("vaultsync_renewals_total", kind="lease", result="success") >= 2
-        assert d.metric("vaultsync_render_total", service="api", destination="api.env", result="success") == 2
+        assert d.metric("vaultsync_render_total", service="api", destination="out/api.env", result="success") == 2
     finally:
         d.stop()
     logs = d.log.read_text()

@@ -18,7 +18,7 @@ import hvac
 import hvac.exceptions
 
 from vaultsync.config import AuthSettings, VaultSettings, resolve_token
-from vaultsync.errors import ConfigError, VaultError
+from vaultsync.errors import ConfigError, RoleNotFound, VaultError
 from vaultsync.logging import register_secret
 from vaultsync.render import atomic_write
 from vaultsync.safefs import UnsafePath, read_trusted_file
@@ -183,7 +183,7 @@ def issue_credentials(client: hvac.Client, *, mount: str, role: str, wrap_ttl: f
     try:
         role_id = client.adapter.get(f"/v1/auth/{mount}/role/{role}/role-id")["data"]["role_id"]
     except hvac.exceptions.InvalidPath:
-        raise ConfigError(f"no AppRole {role!r} on auth/{mount}: run `vaultsync policies apply` first") from None
+        raise RoleNotFound(role, mount, f"no AppRole {role!r} on auth/{mount}: run `vaultsync policies apply` first") from None
     except Exception as exc:  # noqa: BLE001
         raise describe(exc, f"read the role_id of {role}") from None
     register_secret(role_id)

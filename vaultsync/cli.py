@@ -6,15 +6,14 @@ import functools
 import os
 import json
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from vaultsync import __version__, config, devserver, leases, tracing
+from vaultsync import __version__, cli_support, config, tracing
 from vaultsync import logging as vlog
-from vaultsync.errors import BadInput, ConfigError, VaultsyncError
+from vaultsync.errors import BadInput, ConfigError, RoleNotFound, VaultsyncError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -37,9 +36,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except VaultsyncError as exc:
-            vlog.get_logger().error("command failed", error=vlog.scrub(str(exc)), exit_code=exc.exit_code)
-            click.echo(f"error: {vlog.scrub(str(exc))}", err=True)
-            sys.exit(exc.exit_code)
+            report_error(exc)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into a clean exit
@@ -48,14 +45,37 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def report_error(exc: VaultsyncError) -> None:
+    """Say it once: on a terminal the ``error:`` line is the message (a console log line would
+    repeat it); in JSON mode the log record is for the collector, the line for the person."""
+    if not vlog.is_console():
+        vlog.get_logger().error("command failed", error=vlog.scrub(str(exc)), exit_code=exc.exit_code)
+    click.echo(f"error: {vlog.scrub(str(exc))}", err=True)
+    sys.exit(exc.exit_code)
+
+
 def unexpected(exc: BaseException) -> None:
     what = type(exc).__name__
-    vlog.get_logger().error("unexpected error", error_type=what, error=vlog.scrub(str(exc)), exit_code=1, exc_info=exc)
-    click.echo(f"error: unexpected {what}: {vlog.scrub(str(exc))[:200]} (details in the log)", err=True)
+    # On a terminal the traceback is only shown at --log-level debug: one line, not a wall of frames.
+    level = "debug" if vlog.is_console() else "error"
+    getattr(vlog.get_logger(), level)("unexpected error", error_type=what, error=vlog.scrub(str(exc)), exit_code=1,
+                                      exc_info=exc)
+    where = "run again with --log-level debug for details" if vlog.is_console() else "details in the log"
+    click.echo(f"error: unexpected {what}: {vlog.scrub(str(exc))[:200]} ({where})", err=True)
     sys.exit(1)
 
 
-class _Main(click.Group):
+class _Group(click.Group):
+    """A group run bare prints its help and succeeds (as `vault`, `terraform` and `git` do)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args:
+            click.echo(ctx.get_help())
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
+
+
+class _Main(_Group):
     """Catches what escapes a command outside ``handle_errors`` (the group callback, option parsing
     callbacks): the same clean exit."""
 
@@ -69,6 +89,39 @@ class _Main(click.Group):
             sys.exit(exc.exit_code)
         except Exception as exc:  # noqa: BLE001
             unexpected(exc)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args:
+            return super().parse_args(ctx, args)
+        arity = cli_support.global_option_arity(self.get_params(ctx))
+        # A command that hands its arguments to a child program (allow_interspersed_args=False, e.g.
+        # `exec`) keeps everything after its name untouched: those flags are the child's.
+        index = cli_support.command_index(args, arity, set(self.commands))
+        command = self.commands[args[index]] if index is not None else None
+        # (a group never allows interspersed args itself: its subcommands do)
+        passthrough = command is not None and not isinstance(command, click.Group) and not command.context_settings.get(
+            "allow_interspersed_args", command.allow_interspersed_args)
+        head, tail = (args[:index + 1], args[index + 1:]) if passthrough and index is not None else (args, [])
+        head = cli_support.go_style_flags(head, cli_support.long_option_names(self))
+        return super().parse_args(ctx, cli_support.hoist_global_options(head, arity, self.commands) + tail)
+
+
+def output_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--output`` / ``--format`` (the Vault CLI's ``-format=json``): text for people, json for scripts."""
+    return click.option("--output", "--format", "output", type=click.Choice(["text", "json"]), default="text",
+                        show_default=True, help="text for people, json for scripts.")(fn)
+
+
+def confirm_or_cancel(question: str) -> None:
+    """Ask on a terminal (terraform's "only 'yes'"); without one, never ask: scripts and CI go on,
+    as they did before the prompt existed, and --yes documents the intent."""
+    from vaultsync import plan_output as po
+
+    if not (cli_support.is_terminal(sys.stdin) and cli_support.is_terminal(sys.stdout)):
+        return
+    if not po.confirm(question, read=input, out=sys.stdout):
+        click.echo("Apply cancelled: nothing was written.", err=True)
+        sys.exit(1)
 
 
 def wrap_ttl_seconds(text: str | None) -> int | None:
@@ -87,10 +140,23 @@ def wrap_ttl_seconds(text: str | None) -> int | None:
     return int(ttl)
 
 
-@click.group(cls=_Main, context_settings=CONTEXT)
+ROOT_HELP = cli_support.examples(
+    "eval \"$(vaultsync dev up)\"              # a local dev server to try it on",
+    "vaultsync init my-stack                  # a starter vaultsync.toml and policies/",
+    "vaultsync migrate --dry-run api/.env     # plan only",
+    "vaultsync migrate services/*/.env        # plan, confirm, write",
+    "vaultsync policies apply policies/",
+    "vaultsync daemon --config vaultsync.toml",
+    "vaultsync doctor                         # check address, TLS, token, mount, roles",
+) + "\n\n" + cli_support.GLOBAL_OPTIONS_NOTE
+
+
+@click.group(cls=_Main, context_settings=CONTEXT, epilog=ROOT_HELP)
 @click.version_option(__version__, prog_name="vaultsync")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Settings file [default: ./vaultsync.toml if present].")
-@click.option("--addr", help="Server address (else VAULT_ADDR / BAO_ADDR).")
+@click.option("-a", "--address", "--addr", "addr", help="Server address (else VAULT_ADDR / BAO_ADDR).")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="File holding the token (wins over VAULT_TOKEN and vault.token_file).")
+@click.option("--token", "token_on_argv", hidden=True, help="Refused: a token on the command line is readable by every local user.")
 @click.option("--namespace", help="Namespace (else VAULT_NAMESPACE / BAO_NAMESPACE).")
 @click.option("--cacert", help="CA file to verify the server with (else VAULT_CACERT / BAO_CACERT).")
 @click.option("--capath", help="Folder of CA files (else VAULT_CAPATH / BAO_CAPATH); --cacert wins.")
@@ -98,14 +164,24 @@ def wrap_ttl_seconds(text: str | None) -> int | None:
 @click.option("--client-key", help="Key of the client certificate (else VAULT_CLIENT_KEY).")
 @click.option("--tls-server-name", help="Name to send (SNI) and check in the server's certificate (else VAULT_TLS_SERVER_NAME).")
 @click.option("--tls-skip-verify", is_flag=True, default=None, help="Turn TLS verification off (not for production).")
-@click.option("--log-format", type=click.Choice(["json", "console"]), default="json", show_default=True)
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default=None,
+              help="Log lines on stderr [default: console on a terminal, else json; or VAULTSYNC_LOG_FORMAT].")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None,
+              help="[default: info; warning for one-shot commands on a terminal].")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, addr: str | None, namespace: str | None, cacert: str | None,
-         capath: str | None, client_cert: str | None, client_key: str | None, tls_server_name: str | None,
-         tls_skip_verify: bool | None, log_format: str, log_level: str) -> None:
+def main(ctx: click.Context, config_path: str | None, addr: str | None, token_file: str | None, token_on_argv: str | None,
+         namespace: str | None, cacert: str | None, capath: str | None, client_cert: str | None, client_key: str | None,
+         tls_server_name: str | None, tls_skip_verify: bool | None, log_format: str | None, log_level: str | None) -> None:
     """Move docker-compose .env secrets into Vault/OpenBao and keep them alive."""
-    vlog.configure(log_format, log_level)
+    try:
+        fmt = cli_support.log_format_for(log_format, sys.stderr)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    vlog.configure(fmt, cli_support.log_level_for(log_level, fmt, ctx.invoked_subcommand),
+                   colors=fmt == "console" and cli_support.wants_colour(sys.stderr))
+    if token_on_argv is not None:
+        raise BadInput("--token is not accepted: a command line is readable by every local user (/proc/PID/cmdline). "
+                       "Use VAULT_TOKEN, --token-file FILE, or `vault login` (~/.vault-token)")
     ctx.call_on_close(tracing.shutdown)
     ctx.obj = State(config_path, {
         "vault.addr": addr, "vault.namespace": namespace, "vault.cacert": cacert,
@@ -113,109 +189,9 @@ def main(ctx: click.Context, config_path: str | None, addr: str | None, namespac
         "vault.capath": capath, **({"vault.cacert": ""} if capath and not cacert else {}),
         "vault.client_cert": client_cert, "vault.client_key": client_key, "vault.tls_server_name": tls_server_name,
         "vault.tls_verify": False if tls_skip_verify else None,
+        # An explicit --token-file wins over VAULT_TOKEN from the environment.
+        **({"vault.token_file": token_file, "vault.token": ""} if token_file else {}),
     })
-
-
-# --- migrate ------------------------------------------------------------------------
-
-
-@main.command(context_settings=CONTEXT)
-@click.argument("env_files", nargs=-1, type=click.Path(dir_okay=False))
-@click.option("--service", help="Service name for the secret path [default: the file's folder name].")
-@click.option("--path", "secret_path", help="Full secret path under the mount (overrides --prefix/--service).")
-@click.option("--mount", help="KV mount [default: secret].")
-@click.option("--prefix", help="Path prefix under the mount [default: compose].")
-@click.option("--kv-version", type=click.IntRange(1, 2), help="KV version when the token may not read the mount.")
-@click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
-@click.option("--prune", is_flag=True, help="Remove keys that are only in Vault.")
-@click.option("--strict", is_flag=True, help="A duplicate key is an error, not a warning.")
-@click.option("--interpolate", is_flag=True, help="Expand ${VAR} from keys defined earlier in the same file (off: stored literally).")
-@click.option("--interpolate-env", "interpolate_env", multiple=True, metavar="NAME",
-              help="With --interpolate, let ${NAME} read this environment variable too (repeatable).")
-@click.option("--concurrency", type=click.IntRange(1, 64), help="Parallel requests [default: 8].")
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("-v", "--verbose", is_flag=True, help="List unchanged keys too.")
-@click.option("--deadline", default="5m", show_default=True,
-              help="Give up on writes not started by then (reported; a re-run converges).")
-@click.pass_obj
-@handle_errors
-def migrate(state: State, env_files: tuple[str, ...], service: str | None, secret_path: str | None, mount: str | None,
-            prefix: str | None, kv_version: int | None, dry_run: bool, prune: bool, strict: bool, interpolate: bool,
-            interpolate_env: tuple[str, ...], concurrency: int | None, output: str, verbose: bool, deadline: str) -> None:
-    """Import ENV_FILES into KV: print a masked plan, then write with check-and-set.
-
-    Exit codes: 0 done, 1 failure, 2 bad input, 3 conflict (someone else wrote first).
-    """
-    from vaultsync import migrate as m
-    from vaultsync.connection import preflight
-    from vaultsync.vault import KV, detect_kv_version, make_client
-
-    try:
-        deadline_at = time.monotonic() + leases.parse_duration(deadline)
-    except ValueError as exc:
-        raise BadInput(f"--deadline: {exc}") from None
-    s = state.settings(**{"kv.mount": mount, "kv.prefix": prefix, "kv.version": kv_version, "migrate.concurrency": concurrency})
-    if env_files:
-        if secret_path and len(env_files) > 1:
-            raise BadInput("--path names one secret; give one file, or use --service/--prefix")
-        sources = [config.SourceSpec(file=f, service=service, path=secret_path) for f in env_files]
-    else:
-        sources = list(s.migrate.sources)
-        if not sources:
-            raise BadInput("no .env files given, and no [[migrate.sources]] in the config")
-    if interpolate_env and not interpolate:
-        raise BadInput("--interpolate-env needs --interpolate")
-    log = vlog.get_logger()
-    targets = m.build_targets(
-        sources, prefix=s.kv.prefix, strict=strict, interpolate=interpolate, interpolate_env=interpolate_env,
-        max_secret_bytes=s.migrate.max_secret_bytes,
-        warn=lambda msg: (log.warning("duplicate key", detail=msg), click.echo(f"warning: {msg}", err=True)),
-    )
-    for msg in m.style_warnings(targets):
-        log.warning("style cannot carry keys", detail=msg)
-        click.echo(f"warning: {msg}", err=True)
-    client = make_client(s.vault, pool_size=s.migrate.concurrency)
-    if not client.token:
-        raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), vault.token_file, or `vault login` (~/.vault-token)")
-    preflight(client)
-    version = s.kv.version or detect_kv_version(client, s.kv.mount)
-    kv = KV(client, s.kv.mount, version)
-    with tracing.span("vaultsync.migrate.plan", mount=kv.mount, kv_version=version, secrets=len(targets)) as sp:
-        the_plan = m.plan(kv, targets, prune=prune, concurrency=s.migrate.concurrency)
-        tracing.set_attributes(sp, writes=len(the_plan.writes))
-    if output == "text":
-        click.echo(m.plan_as_text(the_plan, verbose=verbose))
-    log.info("migrate planned", mount=kv.mount, kv_version=version, secrets=len(the_plan.secrets), writes=len(the_plan.writes))
-    if dry_run or not the_plan.writes:
-        if output == "json":
-            click.echo(json.dumps({"plan": m.plan_as_dict(the_plan), "dry_run": dry_run, "result": None}, indent=2))
-        elif not the_plan.writes:
-            click.echo("Nothing to write: Vault already holds these values.")
-        return
-    with tracing.span("vaultsync.migrate.apply", mount=kv.mount, writes=len(the_plan.writes)) as sp:
-        if output == "text" and sys.stderr.isatty():
-            with click.progressbar(length=len(the_plan.writes), label="writing", file=sys.stderr) as bar:
-                outcome = m.apply(kv, the_plan, concurrency=s.migrate.concurrency, progress=lambda _sp: bar.update(1),
-                                  deadline=deadline_at)
-        else:
-            outcome = m.apply(kv, the_plan, concurrency=s.migrate.concurrency, deadline=deadline_at)
-        tracing.set_attributes(sp, written=len(outcome.written), conflicts=len(outcome.conflicts), failed=len(outcome.failed),
-                               unknown=len(outcome.unknown), abandoned=len(outcome.abandoned))
-    log.info("migrate applied", written=len(outcome.written), conflicts=len(outcome.conflicts), failed=len(outcome.failed),
-             unknown=len(outcome.unknown), abandoned=len(outcome.abandoned), abandon_reason=outcome.abandon_reason)
-    if output == "json":
-        click.echo(json.dumps({
-            "plan": m.plan_as_dict(the_plan), "dry_run": False,
-            "result": {"written": outcome.written, "conflicts": outcome.conflicts,
-                       "failed": [{"path": p, "error": e} for p, e in outcome.failed],
-                       "unknown": [{"path": p, "error": e} for p, e in outcome.unknown],
-                       "abandoned": outcome.abandoned, "abandon_reason": outcome.abandon_reason},
-            "exit_code": outcome.exit_code,
-        }, indent=2))
-    else:
-        _print_outcome(outcome, kv.mount, len(the_plan.writes))
-    if outcome.exit_code:
-        sys.exit(outcome.exit_code)
 
 
 @main.command("export", context_settings=CONTEXT)
@@ -260,49 +236,6 @@ def export_cmd(state: State, secret_path: str, style: str, out_file: str | None,
         click.echo(text, nl=False)
 
 
-# --- dev server -------------------------------------------------------------------------
-
-
-@main.group(context_settings=CONTEXT)
-def dev() -> None:
-    """A local dev-mode server for trying vaultsync out (in memory, root token known)."""
-
-
-@dev.command("up", context_settings=CONTEXT)
-@click.option("--port", type=click.IntRange(1, 65535), help="Loopback port [default: a free one].")
-@handle_errors
-def dev_up(port: int | None) -> None:
-    """Start the dev server (or find the running one) and print its export lines."""
-    server = devserver.up(port)
-    click.echo(f"export VAULT_ADDR={server.addr}")
-    click.echo(f"export VAULT_TOKEN={server.token}")
-    click.echo(f"# server log: {server.log}; stop it with: vaultsync dev down", err=True)
-
-
-@dev.command("down", context_settings=CONTEXT)
-@handle_errors
-def dev_down() -> None:
-    """Stop the dev server started by `dev up`."""
-    click.echo("stopped" if devserver.down() else "no dev server was running")
-
-
-def _print_outcome(outcome: Any, mount: str, planned: int) -> None:
-    """Written, not written and unknown, each said separately: a timeout is not a "no"."""
-    click.echo(f"Wrote {len(outcome.written)} of {planned} secrets.")
-    for path in outcome.conflicts:
-        click.echo(f"conflict: {mount}/{path} was changed by someone else after planning; not written. Re-run to see the new plan.", err=True)
-    for path, reason in outcome.failed:
-        click.echo(f"failed: {mount}/{path}: {reason} (not written)", err=True)
-    for path, reason in outcome.unknown:
-        click.echo(f"unknown: {mount}/{path}: {reason}; it may have been written (re-run to converge)", err=True)
-    if outcome.abandoned:
-        click.echo(f"not written: {len(outcome.abandoned)} secrets not attempted ({outcome.abandon_reason}).", err=True)
-    not_written = len(outcome.not_written)
-    if not_written or outcome.unknown:
-        click.echo(f"{len(outcome.written)} written, {not_written} not written, {len(outcome.unknown)} unknown "
-                   "(re-run to converge).", err=True)
-
-
 # --- policies and AppRoles ----------------------------------------------------------------
 
 
@@ -325,41 +258,62 @@ def _admin_client(s: config.Settings) -> Any:
     return client
 
 
-@main.group(context_settings=CONTEXT)
+@main.group(cls=_Group, context_settings=CONTEXT)
 def policies() -> None:
     """HCL policies from a folder, plus a least-privilege policy and an AppRole per service."""
 
 
 @policies.command("apply", context_settings=CONTEXT)
 @click.argument("folder", required=False, type=click.Path(file_okay=False))
-@click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (each new or changed policy checked by the server) and stop.")
+@click.option("--detailed-exitcode", is_flag=True, help="With --dry-run: exit 0 no changes, 2 changes pending, 1 error.")
 @click.option("--prune", is_flag=True, help="Remove policies vaultsync made that nothing declares any more.")
 @click.option("--prune-all", is_flag=True, help="Remove every policy that is only in Vault, other teams' too (never root or default).")
+@click.option("-y", "--yes", "--auto-approve", "yes", is_flag=True,
+              help="Do not ask before changing or removing policies (never asked without a terminal).")
 @click.option("--kv-version", type=click.IntRange(1, 2), help="KV version for generated policies, if the token may not read the mount.")
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option
 @click.pass_obj
 @handle_errors
-def policies_apply(state: State, folder: str | None, dry_run: bool, prune: bool, prune_all: bool, kv_version: int | None,
-                   output: str) -> None:
-    """Apply FOLDER/*.hcl [default: ./policies] and the AppRoles of vaultsync.toml's services."""
+def policies_apply(state: State, folder: str | None, dry_run: bool, detailed_exitcode: bool, prune: bool, prune_all: bool,
+                   yes: bool, kv_version: int | None, output: str) -> None:
+    """Apply FOLDER/*.hcl [default: ./policies] and the AppRoles of vaultsync.toml's services.
+
+    Exit codes: 0 done, 1 failure, 2 bad input or an invalid policy (or, with --dry-run
+    --detailed-exitcode, changes pending)."""
+    from vaultsync import plan_output as po
     from vaultsync import policies as pol
 
+    if detailed_exitcode and not dry_run:
+        raise BadInput("--detailed-exitcode goes with --dry-run (it reports whether changes are pending)")
     s = state.settings(**{"kv.version": kv_version})
     if folder is None and os.path.isdir("policies"):
         folder = "policies"
     client = _admin_client(s)
     the_plan = pol.plan(client, s, folder, _kv_for_policies(client, s), prune=prune, prune_all=prune_all)
     if output == "text":
-        click.echo(pol.plan_as_text(the_plan))
+        text = po.policy_text(the_plan)
+        click.echo(po.colourize(text) if cli_support.wants_colour(sys.stdout) else text)
+    # The server parses each new or changed policy now, so a dry run catches an invalid file too.
+    try:
+        pol.validate(client, the_plan)
+    except BadInput:
+        raise
+    except VaultsyncError as exc:
+        if not dry_run:
+            raise
+        click.echo(f"warning: the server could not check the policies (a dry run with a read-only token?): "
+                   f"{vlog.scrub(str(exc))}", err=True)
     if dry_run or the_plan.empty:
         if output == "json":
-            click.echo(json.dumps({"plan": pol.plan_as_dict(the_plan), "dry_run": dry_run, "result": None}, indent=2))
-        return
-    pol.validate(client, the_plan)
+            click.echo(json.dumps({"plan": po.policy_dict(the_plan), "dry_run": dry_run, "result": None}, indent=2))
+        sys.exit(po.exit_code_for_dry_run(not the_plan.empty, detailed_exitcode))
+    if po.policy_is_destructive(the_plan) and not yes:
+        confirm_or_cancel("Change or remove the policies and AppRoles marked ~ and - above?")
     out = pol.apply(client, the_plan)
     vlog.get_logger().info("policies applied", applied=len(out.applied), removed=len(out.removed), roles=len(out.roles), failed=len(out.failed))
     if output == "json":
-        click.echo(json.dumps({"plan": pol.plan_as_dict(the_plan), "dry_run": False, "result": {
+        click.echo(json.dumps({"plan": po.policy_dict(the_plan), "dry_run": False, "result": {
             "applied": out.applied, "removed": out.removed, "roles": out.roles,
             "failed": [{"what": w, "error": e} for w, e in out.failed]}}, indent=2))
     else:
@@ -370,7 +324,7 @@ def policies_apply(state: State, folder: str | None, dry_run: bool, prune: bool,
         sys.exit(1)
 
 
-@main.group(context_settings=CONTEXT)
+@main.group(cls=_Group, context_settings=CONTEXT)
 def approle() -> None:
     """AppRole credentials for a service."""
 
@@ -391,7 +345,12 @@ def approle_credentials(state: State, service: str, out_dir: str | None, to_stdo
     s = state.settings()
     ttl = wrap_ttl_seconds(wrap_ttl)
     client = _admin_client(s)
-    creds = auth.issue_credentials(client, mount=s.auth.mount, role=service, wrap_ttl=ttl)
+    try:
+        creds = auth.issue_credentials(client, mount=s.auth.mount, role=service, wrap_ttl=ttl)
+    except RoleNotFound as exc:
+        from vaultsync.guidance import missing_role
+
+        raise ConfigError(missing_role(s, exc.role, exc.mount)) from None
     kind = "wrapped secret_id (unwrap once, within the TTL)" if creds.wrapped else "secret_id"
     try:
         if to_stdout:
@@ -442,7 +401,7 @@ def daemon(state: State, metrics_addr: str | None) -> None:
 
 
 @main.command("render", context_settings=CONTEXT)
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option
 @click.pass_obj
 @handle_errors
 def render_cmd(state: State, output: str) -> None:
@@ -469,11 +428,13 @@ def render_cmd(state: State, output: str) -> None:
 
 @main.command(context_settings=CONTEXT)
 @click.option("--metrics-addr", help="Where the daemon listens [default: from the config, 127.0.0.1:9464].")
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option
 @click.pass_obj
 @handle_errors
 def status(state: State, metrics_addr: str | None, output: str) -> None:
-    """Ask the running daemon: token and lease time left, last renewals, render status."""
+    """Ask the running daemon: token and lease time left, last renewals, render status, the last error.
+
+    Exit 0 when the daemon is ready, 1 when it is not (or does not answer)."""
     import requests
 
     from vaultsync.errors import VaultsyncError
@@ -493,12 +454,15 @@ def status(state: State, metrics_addr: str | None, output: str) -> None:
         raise VaultsyncError(f"no daemon answers at {s.daemon.metrics_addr} (is `vaultsync daemon` running?)") from None
     if output == "json":
         click.echo(json.dumps(doc, indent=2))
-        return
+        sys.exit(0 if doc.get("ready") else 1)
     tok = doc["token"]
-    left = "never expires" if tok["time_left"] is None else f"{tok['time_left']:.0f}s left"
+    if not tok["authenticated"]:
+        left = "no usable token"
+    else:
+        left = "never expires" if tok["time_left"] is None else f"{tok['time_left']:.0f}s left"
     click.echo(f"ready: {doc['ready']}   token ({tok['method']}): {'authenticated' if tok['authenticated'] else 'NOT authenticated'}, {left}")
     if tok.get("error"):
-        click.echo(f"  token error: {tok['error']}")
+        click.echo(f"  last error: {tok['error']}")
     for name, svc in doc["services"].items():
         kv = svc["kv"]
         missing = " (missing: last files kept)" if kv.get("missing") else "" if kv["found"] else " (not found)"
@@ -508,6 +472,8 @@ def status(state: State, metrics_addr: str | None, output: str) -> None:
         for path, dest in svc["destinations"].items():
             err = f" ({dest['error']})" if dest["error"] else ""
             click.echo(f"  {path}: {dest['result']}{err}")
+    if not doc.get("ready"):  # scripts and health checks: `vaultsync status || alert`
+        sys.exit(1)
 
 
 # --- audit ------------------------------------------------------------------------------------
@@ -517,7 +483,7 @@ def status(state: State, metrics_addr: str | None, output: str) -> None:
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--since", default="24h", show_default=True,
               help="Window: a duration back from now (24h, 7d) or a UTC time (2026-01-31T08:00:00Z); 'all' for everything.")
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option
 @click.option("--watch", is_flag=True, help="Tail the (one) file and export metrics for Prometheus until SIGTERM.")
 @click.option("--metrics-addr", default="127.0.0.1:9465", show_default=True, help="With --watch: where /metrics listens.")
 @click.pass_obj
@@ -531,3 +497,9 @@ def audit_cmd(state: State, files: tuple[str, ...], since: str, output: str, wat
 
     audit_cli.run(state.settings(), list(files) or ["audit.log"], since=since, output=output, watch=watch,
                   metrics_addr=metrics_addr)
+
+
+# Commands defined in their own modules register themselves on `main` when imported.
+from vaultsync import cli_migrate, cli_setup  # noqa: E402,F401
+
+cli_support.attach_examples(main)

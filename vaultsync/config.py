@@ -97,10 +97,12 @@ class Destination:
     signal: str = "HUP"
     wait_min: float = 0.0
     wait_max: float = 0.0
+    label: str = ""  # config key `name`; default: the path as written in the config
 
     @property
     def name(self) -> str:
-        return Path(self.path).name
+        """The ``destination`` metric and log label: distinct for ``a/app.env`` and ``b/app.env``."""
+        return self.label or Path(self.path).name
 
 
 @dataclass(frozen=True)
@@ -296,6 +298,10 @@ def _service(name: str, body: Mapping[str, Any], src: str, prefix: str, base_dir
 
 def _destination(item: Mapping[str, Any], src: str, where: str, base_dir: Path) -> Destination:
     item = dict(item)
+    label = item.pop("name", None)
+    if label is not None and (not isinstance(label, str) or not label.strip()):
+        raise ConfigError(f"{src}: {where}.name must be a non-empty string (the destination's metric label)")
+    item["label"] = label or str(item.get("path") or "")
     wait = item.pop("wait", None)
     if isinstance(wait, Mapping):
         _only(wait, {"min", "max"}, src, f"{where}.wait")

@@ -570,7 +570,8 @@ class Daemon(RecoveryMixin):
         if secret.version:
             self.metrics.secret_version.labels(service, "kv").set(secret.version)
         if (changed or recovering or first_load) and not initial:
-            log.info("kv secret changed", service=service, version=secret.version)
+            if changed or first_load:  # after an outage the same version is re-checked, not "changed"
+                log.info("kv secret changed", service=service, version=secret.version)
             if changed:
                 self.events.emit("kv_version_changed", service, path=st.settings.kv_path, version=secret.version)
             self._render_all(service, reason="kv changed" if changed else "server back")
@@ -867,7 +868,8 @@ class Daemon(RecoveryMixin):
             "token": {
                 "method": self.settings.auth.method,
                 "authenticated": tok.state is not None and self.token_problem is None,
-                "error": self.token_problem,
+                # Never logged in (or not since a rejection): say why, not just "not authenticated".
+                "error": self.token_problem or (self.login_error if tok.state is None else None),
                 "expires_at": tok.expires_at,
                 "time_left": None if tok.expires_at is None else round(tok.expires_at - now, 1),
                 "last_renewal": tok.last_renewal,

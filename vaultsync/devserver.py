@@ -139,47 +139,106 @@ def _terminate(pid: int, timeout: float) -> None:
         pass
 
 
-# --- `vaultsync dev up/down`: one server per user, remembered in a state file -------
+# --- `vaultsync dev up/down/status`: one server per port, each remembered in its own state file ---
 
 
-def _state_file() -> Path:
-    return cache_dir() / "dev" / "server.json"
+def _state_dir() -> Path:
+    return cache_dir() / "dev"
+
+
+def _state_file(port: int) -> Path:
+    return _state_dir() / f"server-{port}.json"
 
 
 def up(port: int | None = None) -> DevServer:
-    """Start the per-user dev server, or return the one already running."""
-    current = running()
-    if current is not None:
-        return current
-    state = _state_file()
-    server = start(port, state_dir=state.parent)
-    fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    """Start a dev server on ``port``, or return ours already running there. Without a port:
+    the one already running (any port), else a new one on a free port. A port someone else
+    listens on is an error naming it, never a silent switch to another port."""
+    if port is None:
+        mine = running_all()
+        if mine:
+            return mine[0]
+    else:
+        current = running(port)
+        if current is not None:
+            return current
+        if not port_free(port):
+            raise VaultsyncError(f"127.0.0.1:{port} is already in use by another program (not a dev server started by "
+                                 "`vaultsync dev up`): pick another --port, or stop it")
+    server = start(port, state_dir=_state_dir())
+    port = _port_of(server.addr)
+    fd = os.open(_state_file(port), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     os.fchmod(fd, 0o600)  # it holds the root token: an existing file's wider mode is not kept
     with os.fdopen(fd, "w") as f:
         json.dump({"addr": server.addr, "token": server.token, "pid": server.pid, "log": server.log}, f)
     return server
 
 
-def running() -> DevServer | None:
-    state = _state_file()
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _port_of(addr: str) -> int:
+    return int(addr.rsplit(":", 1)[1])
+
+
+def running(port: int) -> DevServer | None:
+    """Our server on ``port`` if its state file names a live dev server process that answers."""
+    state = _state_file(port)
     try:
         info = json.loads(state.read_text())
         server = DevServer(info["addr"], info["token"], int(info["pid"]), info["log"])
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if _port_of(server.addr) != port or not _is_our_dev_server(server.pid, port):
         return None
     try:
-        os.kill(server.pid, 0)
         wait_ready(server.addr, timeout=2)
-    except (ProcessLookupError, VaultsyncError):
+    except VaultsyncError:
         return None
     return server
 
 
-def down() -> bool:
-    server = running()
-    state = _state_file()
-    if server is not None:
-        server.stop()
-    existed = state.exists()
-    state.unlink(missing_ok=True)
-    return server is not None or existed
+def _is_our_dev_server(pid: int, port: int) -> bool:
+    """The pid is alive *and* is a dev server listening on ``port`` (a recycled pid is left alone)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"-dev" in argv and f"-dev-listen-address=127.0.0.1:{port}".encode() in argv
+
+
+def running_all() -> list[DevServer]:
+    servers = []
+    for state in sorted(_state_dir().glob("server-*.json")):
+        try:
+            port = int(state.stem.removeprefix("server-"))
+        except ValueError:
+            continue
+        server = running(port)
+        if server is not None:
+            servers.append(server)
+    return servers
+
+
+def down(port: int | None = None) -> list[str]:
+    """Stop our dev server on ``port`` (or every one of ours); the addresses stopped. A state
+    file whose process is gone or is not our server is removed, and nothing is killed for it."""
+    stopped = []
+    states = [_state_file(port)] if port is not None else sorted(_state_dir().glob("server-*.json"))
+    for state in states:
+        try:
+            state_port = int(state.stem.removeprefix("server-"))
+        except ValueError:
+            continue
+        server = running(state_port)
+        if server is not None:
+            server.stop()
+            stopped.append(server.addr)
+        state.unlink(missing_ok=True)
+    return stopped

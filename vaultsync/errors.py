@@ -36,6 +36,14 @@ class ConfigError(BadInput):
     """``vaultsync.toml`` or a flag is invalid."""
 
 
+class RoleNotFound(ConfigError):
+    """An AppRole the command needs does not exist on the server."""
+
+    def __init__(self, role: str, mount: str, message: str) -> None:
+        self.role, self.mount = role, mount
+        super().__init__(message)
+
+
 class Conflict(VaultsyncError):
     """Someone else changed a secret between plan and apply (check-and-set failed)."""
 

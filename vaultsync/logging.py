@@ -228,8 +228,18 @@ def _app(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Mu
     return event_dict
 
 
-def configure(fmt: str = "json", level: str = "info", stream: Any = None) -> None:
-    """Configure structlog for the whole process. ``fmt`` is ``json`` or ``console``."""
+_format = "json"
+
+
+def is_console() -> bool:
+    """Whether log lines go to a person (console format) rather than to a log collector."""
+    return _format == "console"
+
+
+def configure(fmt: str = "json", level: str = "info", stream: Any = None, colors: bool = False) -> None:
+    """Configure structlog for the whole process. ``fmt`` is ``json`` or ``console`` (coloured
+    when ``colors``)."""
+    global _format
     stream = stream or sys.stderr
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -241,7 +251,7 @@ def configure(fmt: str = "json", level: str = "info", stream: Any = None) -> Non
         renderer: list[Any] = [
             structlog.processors.format_exc_info,
             redact,
-            structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback),
+            structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=structlog.dev.plain_traceback),
         ]
     elif fmt == "json":
         renderer = [
@@ -251,6 +261,7 @@ def configure(fmt: str = "json", level: str = "info", stream: Any = None) -> Non
         ]
     else:
         raise ValueError(f"unknown log format {fmt!r} (json or console)")
+    _format = fmt
     structlog.configure(
         processors=[*shared, *renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),

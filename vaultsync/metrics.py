@@ -8,6 +8,7 @@ Every series that is known up front is exported at 0 so that it is never absent.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import ipaddress
 import json
@@ -22,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from requests.adapters import HTTPAdapter
 
 from vaultsync import __version__
-from vaultsync.errors import ConfigError
+from vaultsync.errors import ConfigError, VaultsyncError
 from vaultsync.logging import register_secret
 
 #: source_missing: the service's KV secret is deleted or was never written; the file is kept.
@@ -249,7 +250,15 @@ class HealthServer:
                 pass
 
         self._status_token = status_token
-        self.server = _BoundedHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler, max_workers)
+        try:
+            self.server = _BoundedHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler, max_workers)
+        except OSError as exc:
+            busy = exc.errno == errno.EADDRINUSE
+            raise VaultsyncError(
+                f"cannot listen on {addr} for /metrics and /status: {exc.strerror}"
+                + (" (another vaultsync daemon, or another program, already uses it: stop it, or give this one "
+                   "--metrics-addr HOST:PORT / daemon.metrics_addr)" if busy else "")
+            ) from None
         self.thread = threading.Thread(target=self.server.serve_forever, name="vaultsync-http", daemon=True)
 
     def _status_allowed(self, handler: BaseHTTPRequestHandler) -> bool:
