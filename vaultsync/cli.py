@@ -441,6 +441,29 @@ def daemon(state: State, metrics_addr: str | None) -> None:
     sys.exit(Daemon(s, config_path=state.config_path, overrides=overrides).run_forever())
 
 
+@main.command("exec", context_settings={**CONTEXT, "ignore_unknown_options": True})
+@click.argument("service")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--config", "exec_config", type=click.Path(dir_okay=False), help="Settings file (same as the global --config).")
+@click.option("--metrics-addr", help="Serve /metrics, /healthz, /readyz, /status here [default: none].")
+@click.pass_obj
+@handle_errors
+def exec_cmd(state: State, service: str, command: tuple[str, ...], exec_config: str | None, metrics_addr: str | None) -> None:
+    """Run COMMAND with SERVICE's secrets in its environment: `vaultsync exec api -- ./server --port 80`.
+
+    Starts it once every secret has a value, restarts (or signals) it when one changes, passes
+    SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 on, and exits with its exit status. Without COMMAND,
+    [services.SERVICE.exec] command is run."""
+    from vaultsync import execrun
+
+    if command[:1] == ("--",):
+        command = command[1:]
+    if exec_config:
+        state = State(exec_config, state.overrides)
+    sys.exit(execrun.run(state.settings(), service, command, config_path=state.config_path, metrics_addr=metrics_addr,
+                         overrides=state.overrides))
+
+
 @main.command("render", context_settings=CONTEXT)
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.pass_obj

@@ -112,6 +112,21 @@ class RotateSpec:
 
 
 @dataclass(frozen=True)
+class ExecSettings:
+    """``[services.<name>.exec]``: run a command with the service's secrets in its environment."""
+
+    command: tuple[str, ...] = ()
+    on_change: str = "restart"  # restart: stop (kill_signal, kill_timeout) and start again | signal: send `signal`
+    signal: str = "HUP"
+    kill_signal: str = "TERM"
+    kill_timeout: float = 30.0
+    restart_on_exit: bool = True  # the daemon starts a child that exited again (capped backoff); `vaultsync exec` exits
+    env_clear: bool = False  # the child's environment is only the secrets
+    wait_min: float = 0.0
+    wait_max: float = 0.0
+
+
+@dataclass(frozen=True)
 class ServiceSettings:
     name: str
     kv_path: str
@@ -127,6 +142,7 @@ class ServiceSettings:
     destinations: tuple[Destination, ...] = ()
     rotate: tuple[RotateSpec, ...] = ()
     on_delete: str = "keep"  # KV secret deleted or absent: keep the last files, or render "empty" (no KV keys)
+    exec: ExecSettings | None = None  # [services.<name>.exec]
 
 
 #: Smallest ``length`` per generator: hex and base64url count random bytes, alphanumeric
@@ -266,6 +282,7 @@ def _service(name: str, body: Mapping[str, Any], src: str, prefix: str, base_dir
     rotate = tuple(
         _section(RotateSpec, r, src, f"{where}.rotate[{i}]", durations={"every"}) for i, r in enumerate(body.pop("rotate", []))
     )
+    exec_ = _exec(body.pop("exec"), src, f"{where}.exec") if "exec" in body else None
     if "name" in body:
         raise ConfigError(f"{src}: unknown setting {where}.name (the table's name is the service's name)")
     paths = [d.path for d in dests]
@@ -291,17 +308,46 @@ def _service(name: str, body: Mapping[str, Any], src: str, prefix: str, base_dir
                               f"{unit} for generator {r.generator!r} (got {r.length})")
     if svc.on_delete not in ("keep", "empty"):
         raise ConfigError(f"{src}: {where}.on_delete must be \"keep\" or \"empty\"")
-    return replace(svc, destinations=dests, rotate=rotate, dynamic=dict(svc.dynamic))
+    return replace(svc, destinations=dests, rotate=rotate, dynamic=dict(svc.dynamic), exec=exec_)
 
 
-def _destination(item: Mapping[str, Any], src: str, where: str, base_dir: Path) -> Destination:
-    item = dict(item)
+def _wait(item: dict[str, Any], src: str, where: str) -> None:
+    """``wait = "5s"`` or ``wait = { min, max }`` into ``wait_min``/``wait_max``."""
     wait = item.pop("wait", None)
     if isinstance(wait, Mapping):
         _only(wait, {"min", "max"}, src, f"{where}.wait")
         item["wait_min"], item["wait_max"] = wait.get("min", 0), wait.get("max", wait.get("min", 0))
     elif wait is not None:
         item["wait_min"] = item["wait_max"] = wait
+
+
+def _signal_name(value: str, src: str, where: str) -> None:
+    sig = value.upper()
+    if (sig if sig.startswith("SIG") else "SIG" + sig) not in signal.Signals.__members__:
+        raise ConfigError(f"{src}: {where} {value!r} is not a signal name (e.g. HUP, USR1, TERM)")
+
+
+def _exec(raw: Any, src: str, where: str) -> ExecSettings:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{src}: {where} must be a table")
+    item = dict(raw)
+    _wait(item, src, where)
+    ex = _section(ExecSettings, item, src, where, durations={"kill_timeout", "wait_min", "wait_max"})
+    if "command" in item and not ex.command:
+        raise ConfigError(f"{src}: {where}.command must not be empty")
+    if ex.on_change not in ("restart", "signal"):
+        raise ConfigError(f"{src}: {where}.on_change must be \"restart\" or \"signal\"")
+    _signal_name(ex.signal, src, f"{where}.signal")
+    _signal_name(ex.kill_signal, src, f"{where}.kill_signal")
+    _positive(ex.kill_timeout, src, f"{where}.kill_timeout")
+    if ex.wait_min < 0 or ex.wait_max < ex.wait_min:
+        raise ConfigError(f"{src}: {where}.wait needs 0 <= min <= max")
+    return replace(ex, command=tuple(ex.command))
+
+
+def _destination(item: Mapping[str, Any], src: str, where: str, base_dir: Path) -> Destination:
+    item = dict(item)
+    _wait(item, src, where)
     if isinstance(item.get("mode"), str):
         try:
             item["mode"] = int(item["mode"], 8)
@@ -315,9 +361,7 @@ def _destination(item: Mapping[str, Any], src: str, where: str, base_dir: Path) 
     # not exist, e.g. by `policies apply` on an admin's machine): an unknown one fails that destination.
     if dest.wait_min < 0 or dest.wait_max < dest.wait_min:
         raise ConfigError(f"{src}: {where}.wait needs 0 <= min <= max")
-    sig = dest.signal.upper()
-    if (sig if sig.startswith("SIG") else "SIG" + sig) not in signal.Signals.__members__:
-        raise ConfigError(f"{src}: {where}.signal {dest.signal!r} is not a signal name (e.g. HUP, USR1, TERM)")
+    _signal_name(dest.signal, src, f"{where}.signal")
     if dest.style not in STYLES:
         raise ConfigError(f"{src}: {where}.style must be one of {', '.join(STYLES)}")
     if dest.style == "template" and not dest.template:

@@ -36,14 +36,15 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_STOPPED
 
-from vaultsync import __version__, auth, config, events, formats, leases, recovery, render, rotation, tracing
+from vaultsync import __version__, auth, config, events, leases, recovery, render, rotation, tracing
 from vaultsync.config import Destination, ServiceSettings, Settings
 from vaultsync.daemon_recovery import RecoveryMixin
 from vaultsync.errors import ConfigError, SourceMissing, VaultError, VaultsyncError
 from vaultsync.hookrunner import HookRunner
 from vaultsync.logging import forget_secret, get_logger, register_secret
 from vaultsync.metrics import HealthServer, Metrics, read_status_token
-from vaultsync.safefs import resolve_owner
+from vaultsync.outputs import EXEC_KEY, EnvFileOutput, ExecOutput, Output, outputs_for
+from vaultsync.outputs import RenderOutcome, write_destination  # noqa: F401 - re-exported for callers and tests
 from vaultsync.vault import KV, describe, detect_kv_version, make_client, renew_lease, revoke_lease
 
 log = get_logger("vaultsync.daemon")
@@ -58,6 +59,8 @@ HOOK_STOP_GRACE = 5.0
 LIFETIME_JOBS = frozenset({"token", "lease", "recover", "probe", "token-check"})
 DEAD_TOKEN_LOG_EVERY = 60.0  # a dead plain token is logged as an error once a minute at most
 TOKEN_CHECK_EVERY = 5.0  # 403s trigger a token lookup at most this often
+#: `vaultsync exec` passes these on to the child (Vault Agent's exec and envconsul do the same).
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
 # --- state ---------------------------------------------------------------------------
@@ -99,7 +102,8 @@ class ServiceState:
     kv_missing: int = 0  # consecutive reads that found the secret deleted or never written
     issue_attempts: dict[str, int] = field(default_factory=dict)  # consecutive failed reads per dynamic secret
     leases: dict[str, Lease] = field(default_factory=dict)
-    destinations: dict[str, DestinationState] = field(default_factory=dict)
+    destinations: dict[str, DestinationState] = field(default_factory=dict)  # per output key
+    outputs: dict[str, Output] = field(default_factory=dict)  # key (a destination's path, or "exec") -> output
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
@@ -196,6 +200,9 @@ class Daemon(RecoveryMixin):
         )
         self._queued: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {}  # job id -> what it runs
         self.scheduler.add_listener(self._run_skipped, EVENT_JOB_MAX_INSTANCES)
+        #: `vaultsync exec`: the child's end is ours (its exit status becomes ours, signals go to it).
+        self.exit_with_child = False
+        self.exit_code = 0
         self.http: HealthServer | None = None
         if serve_http and settings.daemon.metrics_addr:
             self.http = HealthServer(settings.daemon.metrics_addr, self.metrics, self.ready, self.status,
@@ -318,10 +325,15 @@ class Daemon(RecoveryMixin):
                      self._kv_job, svc.name)
 
     def run_forever(self) -> int:
-        """Main thread: signals in, stop on SIGTERM/SIGINT, reload on SIGHUP."""
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        """Main thread: signals in, stop on SIGTERM/SIGINT, reload on SIGHUP (with
+        ``exit_with_child``: forwarded to the child instead). Returns the exit status."""
+        if self.exit_with_child:
+            for sig in FORWARDED_SIGNALS:
+                signal.signal(sig, self._forward)
+        else:
+            signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+            signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+            signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
         self.start()
         while not self._stop.is_set():
             self._stop.wait(0.5)
@@ -332,7 +344,15 @@ class Daemon(RecoveryMixin):
                 except Exception:  # noqa: BLE001 - a bad reload must never end the running daemon
                     log.exception("reload failed, keeping the running config")
         self.shutdown()
-        return 0
+        return self.exit_code
+
+    def _forward(self, signum: int, _frame: Any) -> None:
+        """`vaultsync exec`: the child decides what a signal means; its exit status becomes ours.
+        Before it runs (still waiting for secrets) SIGTERM/SIGINT end us, as they would have it."""
+        children = [o for st in list(self.services.values()) for o in st.outputs.values() if isinstance(o, ExecOutput)]
+        if not any([o.forward(signum) for o in children]) and signum in (signal.SIGTERM, signal.SIGINT):
+            self.exit_code = 128 + signum
+            self._stop.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -345,6 +365,9 @@ class Daemon(RecoveryMixin):
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.hooks.shutdown(grace=max(0.0, hooks_deadline - time.monotonic()))
+        for st in list(self.services.values()):  # children stop before the leases they use are revoked
+            for output in st.outputs.values():
+                output.close(getattr(st.settings.exec, "kill_timeout", 0.0))
         if self.settings.daemon.revoke_on_exit:
             for svc in list(self.services.values()):
                 for lease in list(svc.leases.values()):
@@ -495,9 +518,13 @@ class Daemon(RecoveryMixin):
 
     def _add_service(self, svc: ServiceSettings) -> None:
         st = ServiceState(settings=svc)
+        for output in outputs_for(svc, self.hooks, on_hook=lambda dest, ok: self._hook_done(svc.name, dest, ok),
+                                  on_exit=lambda status, again: self._child_exited(svc.name, status, again)):
+            st.outputs[output.key] = output
+            st.destinations[output.key] = DestinationState(
+                window=render.WaitWindow(output.wait_min, max(output.wait_max, output.wait_min)) if output.wait_min else None)
         for dest in svc.destinations:
-            ds = st.destinations[dest.path] = DestinationState(
-                window=render.WaitWindow(dest.wait_min, max(dest.wait_max, dest.wait_min)) if dest.wait_min else None)
+            ds = st.destinations[dest.path]
             problem = destination_problem(dest.path)
             try:
                 if problem is None:
@@ -525,6 +552,8 @@ class Daemon(RecoveryMixin):
             if job.id.split(":")[1:2] == [name] and not job.id.startswith("revoke:"):
                 job.remove()
                 self._queued.pop(job.id, None)
+        for output in st.outputs.values():
+            output.close(getattr(st.settings.exec, "kill_timeout", 0.0))  # a removed service's child stops with it
         grace = self.settings.daemon.lease_revoke_grace
         for lease in st.leases.values():
             if revoke:
@@ -722,14 +751,14 @@ class Daemon(RecoveryMixin):
             # Never replace a good file with a partial one: wait until every source was read.
             log.warning("render postponed: secrets not read yet", service=service, kv_read=st.kv_loaded, missing=missing)
             return
-        for dest in st.settings.destinations:
-            ds = st.destinations[dest.path]
+        for key in list(st.outputs):
+            ds = st.destinations[key]
             if ds.window is not None and ds.last_success is not None:
                 due = ds.window.on_change(self.clock())
                 # (two instances: a change arriving while the previous render's hook runs is not skipped)
-                self._at(f"render:{service}:{dest.path}", due, self._render_one, service, dest.path, reason)
+                self._at(f"render:{service}:{key}", due, self._render_one, service, key, reason)
             else:
-                self._render_one(service, dest.path, reason)
+                self._render_one(service, key, reason)
 
     def _verify_all(self, service: str) -> None:
         """Each poll, check every destination still holds what it should (an unchanged
@@ -739,55 +768,44 @@ class Daemon(RecoveryMixin):
         if st is None or not st.kv_loaded or any(n not in st.leases for n in st.settings.dynamic):
             return
         now = self.clock()
-        for dest in st.settings.destinations:
-            ds = st.destinations[dest.path]
+        for key in list(st.outputs):
+            ds = st.destinations[key]
             if ds.window is None or not ds.window.pending or ds.window.due(now + 0.5):
                 # (a pending render that is overdue was lost: do it now)
-                self._render_one(service, dest.path, "poll")
+                self._render_one(service, key, "poll")
 
-    def _render_one(self, service: str, path: str, reason: str) -> None:
+    def _render_one(self, service: str, key: str, reason: str) -> None:
         st = self.services.get(service)
-        if st is None:
+        output = st.outputs.get(key) if st else None
+        if st is None or output is None:
             return
-        dest = next(d for d in st.settings.destinations if d.path == path)
-        ds = st.destinations[path]
+        ds = st.destinations[key]
         with st.lock:  # one render of a service at a time; others wait, none is lost
-            outcome = write_destination(dest, service_values(st), service=service)
+            outcome = output.deliver(service_values(st))
             if ds.window is not None and outcome.result != "failure":
                 ds.window.rendered()
         now = self.clock()
-        self.metrics.renders.labels(service, dest.name, outcome.result).inc()
+        self.metrics.renders.labels(service, output.name, outcome.result).inc()
         ds.last_result, ds.error = outcome.result, outcome.error
         if outcome.result == "failure":
-            log.error("render failed", service=service, destination=dest.name, error=outcome.error, reason=reason)
-            self.events.emit("render_failed", service, destination=dest.name)
+            log.error("render failed", service=service, destination=output.name, error=outcome.error, reason=reason)
+            self.events.emit("render_failed", service, destination=output.name)
             return
         ds.last_success = now
-        self.metrics.last_render_success.labels(service, dest.name).set(now)
+        self.metrics.last_render_success.labels(service, output.name).set(now)
         if outcome.result == "success":
-            log.info("rendered", service=service, destination=dest.name, reason=reason)
-            if dest.command or dest.pidfile:
-                # On the hooks' own pool: a slow hook never holds a renewal, a login or a poll.
-                self.hooks.submit((service, dest.path), lambda: self._run_hook(service, dest))
+            log.info("rendered", service=service, destination=output.name, reason=reason)
 
-    def _run_hook(self, service: str, dest: Destination) -> None:
-        try:
-            if dest.command:
-                result = render.run_command(dest.command, timeout=dest.command_timeout, cancel=self.hooks.cancel)
-                ok = result.ok
-                (log.info if ok else log.warning)("hook ran", service=service, destination=dest.name, returncode=result.returncode,
-                                                  timed_out=result.timed_out, seconds=round(result.duration, 3))
-                log.debug("hook output", service=service, destination=dest.name, **result.output_excerpt())
-            elif dest.pidfile:
-                pid = render.signal_pidfile(dest.pidfile, dest.signal)
-                ok = True
-                log.info("signal sent", service=service, destination=dest.name, pid=pid, signal=dest.signal)
-            else:
-                return
-        except Exception as exc:  # noqa: BLE001 - a hook must never break the job that rendered
-            ok = False
-            log.error("hook failed", service=service, destination=dest.name, error=str(exc))
+    def _hook_done(self, service: str, dest: Destination, ok: bool) -> None:
         self.metrics.hooks.labels(service, dest.name, "success" if ok else "failure").inc()
+
+    def _child_exited(self, service: str, status: int, again: bool) -> None:
+        """A supervised child ended on its own (not stopped by us)."""
+        (log.warning if status else log.info)("child exited", service=service, status=status, restarting=again)
+        self.metrics.hooks.labels(service, EXEC_KEY, "success" if status == 0 else "failure").inc()
+        if self.exit_with_child and not again:
+            self.exit_code = status
+            self._stop.set()
 
     # -- rotation ----------------------------------------------------------------------------------
 
@@ -884,9 +902,8 @@ class Daemon(RecoveryMixin):
                     for ln, ls in sorted(st.leases.items())
                 },
                 "destinations": {
-                    d.path: {"result": st.destinations[d.path].last_result, "last_success": st.destinations[d.path].last_success,
-                             "error": st.destinations[d.path].error}
-                    for d in st.settings.destinations
+                    key: {"result": ds.last_result, "last_success": ds.last_success, "error": ds.error}
+                    for key, ds in st.destinations.items()
                 },
             }
         return out
@@ -929,32 +946,6 @@ def _file_id(path: str | None) -> tuple[int, int] | None:
 # --- one destination, no scheduler (also `vaultsync render`) -----------------------------------
 
 
-@dataclass(frozen=True)
-class RenderOutcome:
-    result: str  # success (written) | unchanged | failure
-    error: str | None = None
-
-
-def write_destination(dest: Destination, values: dict[str, str], *, service: str) -> RenderOutcome:
-    """Format and atomically write one destination. A failure leaves the previous file alone."""
-    try:
-        template = None
-        if dest.style == "template":
-            assert dest.template is not None
-            with open(dest.template, encoding="utf-8") as f:
-                template = f.read()
-        left_out: list[str] = []
-        text = formats.render(dest.style, values, template=template, destination=dest.path, template_name=dest.template,
-                              warn=left_out.append)
-        written = render.atomic_write(dest.path, text.encode("utf-8"), mode=dest.mode, backup=dest.backup,
-                                      owner=resolve_owner(dest.owner, dest.group))
-        for msg in left_out if written else ():  # once per change, not on every poll
-            log.warning("key left out", service=service, detail=msg)
-    except (VaultsyncError, OSError, ValueError) as exc:
-        return RenderOutcome("failure", str(exc) if not isinstance(exc, OSError) else f"{dest.path}: {exc.strerror}")
-    return RenderOutcome("success" if written else "unchanged")
-
-
 def render_once(settings: Settings, errors: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
     """`vaultsync render`: log in, read each service's secrets once, render every destination,
     run hooks for files that changed. Returns {service: {destination: result}}; ``errors``, if
@@ -967,7 +958,9 @@ def render_once(settings: Settings, errors: dict[str, str] | None = None) -> dic
     d._stop.set()  # no scheduler: nothing gets scheduled
     results: dict[str, dict[str, str]] = {}
     for svc in settings.services.values():
-        st = ServiceState(settings=svc, destinations={dd.path: DestinationState() for dd in svc.destinations})
+        st = ServiceState(settings=svc, destinations={dd.path: DestinationState() for dd in svc.destinations},
+                          outputs={dd.path: EnvFileOutput(svc.name, dd, d.hooks, lambda ok, dd=dd, n=svc.name: d._hook_done(n, dd, ok))
+                                   for dd in svc.destinations})
         d.services[svc.name] = st
         assert d.kv is not None
         try:
