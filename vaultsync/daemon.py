@@ -41,6 +41,7 @@ from vaultsync.config import Destination, ServiceSettings, Settings
 from vaultsync.daemon_recovery import RecoveryMixin
 from vaultsync.errors import ConfigError, SourceMissing, VaultError, VaultsyncError
 from vaultsync.hookrunner import HookRunner
+from vaultsync.lifetime import BACKOFF_BASE, BACKOFF_CAP, Backoff, Lifetime
 from vaultsync.logging import forget_secret, get_logger, register_secret
 from vaultsync.metrics import HealthServer, Metrics, read_status_token
 from vaultsync.outputs import EXEC_KEY, EnvFileOutput, ExecOutput, Output, outputs_for
@@ -49,7 +50,6 @@ from vaultsync.vault import KV, describe, detect_kv_version, make_client, renew_
 
 log = get_logger("vaultsync.daemon")
 
-BACKOFF_BASE, BACKOFF_CAP = 1.0, 300.0
 HOOK_WORKERS = 8
 #: On SIGTERM a running hook gets this long before it is killed with its process group
 #: (a 25 s `docker compose restart` held the daemon's exit for 25 s; docker stop waits 10).
@@ -68,20 +68,24 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR
 
 @dataclass
 class Lease:
-    """One dynamic secret's current lease."""
+    """One dynamic secret's current lease; its timing is its :class:`Lifetime`."""
 
     service: str
     name: str
     path: str
     lease_id: str = field(repr=False)
     data: dict[str, Any] = field(repr=False)
-    ttl: float
     renewable: bool
-    expires_at: float
-    decision: leases.RenewalDecision
-    granted: float = 0.0  # the TTL the last issue/renewal returned
-    last_renewal: float | None = None
-    attempt: int = 0  # consecutive failures
+    life: Lifetime
+
+    @property
+    def ttl(self) -> float:
+        """The TTL it was issued with (what each renewal asks for); 0: it never expires."""
+        return self.life.requested
+
+    @property
+    def expires_at(self) -> float:
+        return self.life.expires_at if self.life.expires_at is not None else float("inf")
 
 
 @dataclass
@@ -98,9 +102,10 @@ class ServiceState:
     kv_data: dict[str, Any] | None = field(default=None, repr=False)
     kv_version: int = 0
     kv_loaded: bool = False  # a read succeeded (the secret may still be absent)
-    kv_attempt: int = 0
+    kv_reads: Backoff = field(default_factory=Backoff)  # failed KV reads
     kv_missing: int = 0  # consecutive reads that found the secret deleted or never written
-    issue_attempts: dict[str, int] = field(default_factory=dict)  # consecutive failed reads per dynamic secret
+    issues: dict[str, Backoff] = field(default_factory=dict)  # failed reads per dynamic secret (only while failing)
+    rotations: dict[str, Backoff] = field(default_factory=dict)  # failed rotations per key
     leases: dict[str, Lease] = field(default_factory=dict)
     destinations: dict[str, DestinationState] = field(default_factory=dict)  # per output key
     outputs: dict[str, Output] = field(default_factory=dict)  # key (a destination's path, or "exec") -> output
@@ -109,13 +114,9 @@ class ServiceState:
 
 @dataclass
 class TokenInfo:
-    state: auth.TokenState | None = None  # as of login: its ttl is what renewals ask for
-    expires_at: float | None = None  # None: never (or unknown before login)
-    granted: float = 0.0  # the TTL the last login/renewal returned
-    decision: leases.RenewalDecision | None = None
-    last_renewal: float | None = None
-    attempt: int = 0  # consecutive failed renewals
-    login_attempt: int = 0  # consecutive failed logins (a separate count: see issue 11)
+    state: auth.TokenState | None = None  # as of login
+    life: Lifetime = field(default_factory=Lifetime)
+    logins: Backoff = field(default_factory=Backoff)  # failed logins (not renewals': see issue 11)
 
 
 def service_values(svc: ServiceState) -> dict[str, str]:
@@ -168,6 +169,7 @@ class Daemon(RecoveryMixin):
         self.rng = rng or random.SystemRandom()
         self.holder = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.reachability = recovery.Reachability()
+        self._probes = Backoff(base=0.5, cap=recovery.PROBE_CAP)
         # An AppRole daemon starts without a token: a VAULT_TOKEN or `vault login` token on the host
         # is someone else's and must not ride along with its login or its unwrap.
         self.client = make_client(settings.vault, pool_size=12,
@@ -258,11 +260,9 @@ class Daemon(RecoveryMixin):
         log.warning("job run skipped while it was still running; running it again later", job=event.job_id)
         self._at(event.job_id, self.clock() + 1.0 + self.rng.uniform(0, 1.0), queued[0], *queued[1])
 
-    def _retry_delay(self, attempt: int, expires_at: float | None) -> float | None:
-        now = self.clock()
-        if expires_at is None:
-            return leases.backoff_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
-        return leases.retry_delay_before_expiry(attempt, expires_at, now, rng=self.rng, base=BACKOFF_BASE, cap=BACKOFF_CAP)
+    def _lifetime(self, **kw: Any) -> Lifetime:
+        # Leave the old credentials valid for the revoke grace period (+1 s) after the new ones exist.
+        return Lifetime(lead=self.settings.daemon.lease_revoke_grace + 1.0, **kw)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -279,12 +279,11 @@ class Daemon(RecoveryMixin):
             log.info("serving metrics", addr=self.http.address)
         self.metrics.prime(self.settings.auth.method, self.settings.services.values())
         self.metrics.vault_up.set(0)
-        attempt = 0
+        connects = Backoff()
         while not self._stop.is_set():
             if self._connect():
                 break
-            delay = leases.backoff_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
-            attempt += 1
+            delay = connects.failed(self.rng)
             log.warning("start-up failed, retrying", retry_in=round(delay, 2))
             self._stop.wait(delay)
         if self._stop.is_set():
@@ -422,37 +421,35 @@ class Daemon(RecoveryMixin):
             self.token_problem = None
             self._dead_token_log.reset()
         with self._lock:
-            self.token = TokenInfo(state=state, expires_at=now + state.ttl if state.ttl else None, granted=state.ttl)
-            self.token.decision = leases.plan_new_lease(state.ttl, renewable=state.renewable, now=now, rng=self.rng)
-        self.metrics.record_token(ttl=state.ttl, expires_at=self.token.expires_at, due=self.token.decision.at)
+            self.token = TokenInfo(state=state, life=self._lifetime(periodic=bool(state.period)))
+            decision = self.token.life.issued(state.ttl, renewable=state.renewable, now=now, rng=self.rng)
+        self.metrics.record_token(ttl=state.ttl, expires_at=self.token.life.expires_at, due=decision.at)
         log.info("logged in", method=method, ttl=state.ttl, renewable=state.renewable, policies=list(state.policies))
         self._schedule_token()
         return True
 
     def _schedule_token(self) -> None:
-        d = self.token.decision
-        if d is None or d.action is leases.Action.NOTHING or d.at is None:
+        life = self.token.life
+        if life.action is leases.Action.NOTHING or life.due is None:
             return
-        self._at("token", d.at, self._token_job)
+        self._at("token", life.due, self._token_job)
 
     def _token_job(self) -> None:
-        d = self.token.decision
+        tok = self.token
+        d = tok.life.decision
         if d is None:
             return
         if d.action is leases.Action.REISSUE:
             self._relogin("max TTL reached" if d.max_ttl_reached else d.reason)
             return
-        state = self.token.state
-        assert state is not None
         try:
-            new = auth.renew_self(self.client, increment=state.ttl or None)
+            new = auth.renew_self(self.client, increment=tok.life.requested or None)
         except VaultError as exc:
             self.metrics.renewals.labels("token", "failure").inc()
             if recovery.token_verdict(str(exc)) == "dead":
                 self._token_dead("token rejected on renewal")
                 return
-            self.token.attempt += 1
-            delay = self._retry_delay(self.token.attempt, self.token.expires_at)
+            delay = tok.life.renewal_failed(now=self.clock(), rng=self.rng)
             if delay is None:
                 self._relogin("token expired")
                 return
@@ -461,17 +458,11 @@ class Daemon(RecoveryMixin):
             return
         now = self.clock()
         self.metrics.renewals.labels("token", "success").inc()
-        decision = leases.plan_after_renewal(
-            state.ttl or None, new.ttl, self.token.granted or None, d.grace,
-            now=now, rng=self.rng, renewable=new.renewable, periodic=bool(state.period),
-        )
-        # Every lease dies with this token: log in (and re-issue them) early enough that the services
-        # switch to the new credentials before the old token takes the old ones with it.
-        decision = leases.reissue_early(decision, now=now, lead=self.settings.daemon.lease_revoke_grace + 1.0)
+        # Every lease dies with this token: at max TTL its lifetime plans the login (which re-issues
+        # them) early enough that the services switch before the old token takes the old ones with it.
         with self._lock:
-            self.token = TokenInfo(state=state, expires_at=now + new.ttl if new.ttl else None, granted=new.ttl,
-                                   decision=decision, last_renewal=now)
-        self.metrics.record_token(ttl=new.ttl, expires_at=self.token.expires_at, due=decision.at)
+            decision = tok.life.renewed(new.ttl, renewable=new.renewable, now=now, rng=self.rng)
+        self.metrics.record_token(ttl=new.ttl, expires_at=tok.life.expires_at, due=decision.at)
         log.info("token renewed", ttl=new.ttl, next=decision.action.value, in_s=round(decision.delay or 0, 2), max_ttl_reached=decision.max_ttl_reached)
         self._schedule_token()
 
@@ -479,7 +470,7 @@ class Daemon(RecoveryMixin):
         if self.token_problem is None:
             log.info("logging in again", reason=why)
         gen = self._login_gen
-        troubled = self.token.login_attempt > 0 or self.token_problem is not None
+        troubled = self.token.logins.failing or self.token_problem is not None
         if self._login():
             if self._login_gen != gen:
                 # Leases die with the token that created them: re-issue every dynamic secret under
@@ -495,10 +486,8 @@ class Daemon(RecoveryMixin):
         self._tell_static_token(why)
         # Logins count their own failures: a backoff carried over from failed renewals put the
         # re-login minutes after the server came back.
-        attempt = self.token.login_attempt
-        self.token.login_attempt += 1
-        delay = leases.backoff_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
-        self.token.decision = replace(self.token.decision, action=leases.Action.REISSUE) if self.token.decision else None
+        delay = self.token.logins.failed(self.rng)
+        self.token.life.must_reissue()
         if self.token_problem is None:
             log.warning("login failed, retrying", retry_in=round(delay, 2))
         self._at("token", self.clock() + delay, self._relogin, why)
@@ -572,14 +561,12 @@ class Daemon(RecoveryMixin):
         try:
             secret = self.kv.read(st.settings.kv_path)
         except VaultError as exc:
-            st.kv_attempt += 1
             # Back off beyond the poll interval while the server fails, up to the cap.
-            delay = max(leases.backoff_delay(st.kv_attempt - 1, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng), self.settings.daemon.poll_interval)
+            delay = st.kv_reads.failed(self.rng, floor=self.settings.daemon.poll_interval)
             log.warning("kv read failed", service=service, error=str(exc), retry_in=round(delay, 2))
             self._at(f"kv:{service}", self.clock() + delay, self._kv_job, service)
             return
-        recovering = st.kv_attempt > 0
-        st.kv_attempt = 0
+        recovering = st.kv_reads.succeeded()
         interval = self.settings.daemon.poll_interval
         if secret.data is None and not _renders_without_kv(st.settings):
             self._source_missing(service, st, secret.version)
@@ -621,11 +608,11 @@ class Daemon(RecoveryMixin):
         except Exception as exc:  # noqa: BLE001
             err = describe(exc, f"read {path}")
             old = st.leases.get(name)
-            attempt = st.issue_attempts.get(name, 0)
-            st.issue_attempts[name] = attempt + 1
-            delay = self._retry_delay(attempt, old.expires_at if old else None)
-            if delay is None:  # the old lease is gone already: keep trying, backed off
-                delay = leases.backoff_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
+            now = self.clock()
+            alive = old is not None and not old.life.expired(now)
+            # Never past the old lease's expiry while it lives; once it is gone, keep trying, backed off.
+            delay = st.issues.setdefault(name, Backoff()).failed(self.rng, now=now, expires_at=old.life.expires_at if alive else None)
+            assert delay is not None
             log.warning("dynamic secret read failed", service=service, secret=name, error=str(err), retry_in=round(delay, 2))
             self._at(f"lease:{service}:{name}", self.clock() + delay, self._reissue, service, name)
             return False
@@ -636,19 +623,19 @@ class Daemon(RecoveryMixin):
                 self._revoke(resp["lease_id"], service, name)
             return False
         now = self.clock()
-        st.issue_attempts.pop(name, None)
+        st.issues.pop(name, None)
         data = dict(resp.get("data") or {})
         for value in data.values():
             register_secret(value)
         lease_id = resp.get("lease_id") or ""
         ttl = float(resp.get("lease_duration") or 0)
-        decision = leases.plan_new_lease(ttl, renewable=bool(resp.get("renewable")), now=now, rng=self.rng)
-        lease = Lease(service, name, path, lease_id, data, ttl, bool(resp.get("renewable")), now + ttl, decision, granted=ttl)
+        lease = Lease(service, name, path, lease_id, data, bool(resp.get("renewable")), self._lifetime())
+        decision = lease.life.issued(ttl, renewable=lease.renewable, now=now, rng=self.rng)
         with st.lock:
             old = st.leases.get(name)
             st.leases[name] = lease
         self._hold(lease_id, True)
-        self.metrics.record_lease(service, name, ttl=ttl, expires_at=lease.expires_at, due=decision.at)
+        self.metrics.record_lease(service, name, ttl=ttl, expires_at=lease.life.expires_at, due=decision.at)
         log.info("dynamic secret issued", service=service, secret=name, ttl=ttl, renewable=lease.renewable)
         self._schedule_lease(lease)  # before rendering: nothing a render does can drop the lease
         if not initial:
@@ -668,9 +655,8 @@ class Daemon(RecoveryMixin):
     def _reissue(self, service: str, name: str) -> None:
         st = self.services.get(service)
         old = st.leases.get(name) if st else None
-        tok = self.token
-        if (self.settings.auth.method == "approle" and old is not None and old.ttl and tok.decision is not None
-                and tok.decision.action is leases.Action.REISSUE
+        tok = self.token.life
+        if (self.settings.auth.method == "approle" and old is not None and old.ttl and tok.action is leases.Action.REISSUE
                 and tok.expires_at is not None and tok.expires_at - self.clock() < old.ttl):
             # The token is at its max TTL and would die (taking the new lease with it) before this
             # lease's term: log in first; that re-issues every lease under the new token, this one too.
@@ -679,11 +665,11 @@ class Daemon(RecoveryMixin):
         self._issue(service, name)
 
     def _schedule_lease(self, lease: Lease) -> None:
-        d = lease.decision
-        if d.action is leases.Action.NOTHING or d.at is None:
+        life = lease.life
+        if life.action is leases.Action.NOTHING or life.due is None:
             return
-        fn = self._renew_lease if d.action is leases.Action.RENEW else self._reissue
-        self._at(f"lease:{lease.service}:{lease.name}", d.at, fn, lease.service, lease.name)
+        fn = self._renew_lease if life.action is leases.Action.RENEW else self._reissue
+        self._at(f"lease:{lease.service}:{lease.name}", life.due, fn, lease.service, lease.name)
 
     def _renew_lease(self, service: str, name: str) -> None:
         st = self.services.get(service)
@@ -700,8 +686,7 @@ class Daemon(RecoveryMixin):
                 log.warning("lease cannot be renewed, re-issuing", service=service, secret=name, error=str(err))
                 self._issue(service, name)
                 return
-            lease.attempt += 1
-            delay = self._retry_delay(lease.attempt, lease.expires_at)
+            delay = lease.life.renewal_failed(now=self.clock(), rng=self.rng)
             if delay is None:
                 log.warning("lease expired during failures, re-issuing", service=service, secret=name)
                 self._issue(service, name)
@@ -714,13 +699,8 @@ class Daemon(RecoveryMixin):
         now = self.clock()
         self.metrics.renewals.labels("lease", "success").inc()
         returned = float(resp.get("lease_duration") or 0)
-        decision = leases.plan_after_renewal(lease.ttl, returned, lease.granted, lease.decision.grace,
-                                             now=now, rng=self.rng, renewable=bool(resp.get("renewable", True)))
-        # Leave the old credentials valid for the revoke grace period (+1 s) after the new ones exist.
-        decision = leases.reissue_early(decision, now=now, lead=self.settings.daemon.lease_revoke_grace + 1.0)
-        lease.decision, lease.expires_at, lease.granted = decision, now + returned, returned
-        lease.last_renewal, lease.attempt = now, 0
-        self.metrics.record_lease(service, name, ttl=returned, expires_at=lease.expires_at, due=decision.at)
+        decision = lease.life.renewed(returned, renewable=bool(resp.get("renewable", True)), now=now, rng=self.rng)
+        self.metrics.record_lease(service, name, ttl=returned, expires_at=lease.life.expires_at, due=decision.at)
         log.info("lease renewed", service=service, secret=name, ttl=returned, next=decision.action.value,
                  in_s=round(decision.delay or 0, 2), max_ttl_reached=decision.max_ttl_reached)
         self._schedule_lease(lease)
@@ -809,7 +789,7 @@ class Daemon(RecoveryMixin):
 
     # -- rotation ----------------------------------------------------------------------------------
 
-    def _rotate_job(self, service: str, key: str, attempt: int = 0) -> None:
+    def _rotate_job(self, service: str, key: str) -> None:
         st = self.services.get(service)
         spec = next((r for r in st.settings.rotate if r.key == key), None) if st else None
         if st is None or spec is None or self.kv is None:
@@ -820,10 +800,12 @@ class Daemon(RecoveryMixin):
                                             lock_ttl=self.settings.daemon.lock_ttl)
         except VaultsyncError as exc:
             self.metrics.rotations.labels(service, "failure").inc()
-            delay = leases.backoff_delay(attempt + 1, BACKOFF_BASE, min(BACKOFF_CAP, spec.every), rng=self.rng)
+            backoff = st.rotations.setdefault(key, Backoff(cap=max(BACKOFF_BASE, min(BACKOFF_CAP, spec.every))))
+            delay = backoff.failed(self.rng)
             log.warning("rotation failed", service=service, key=key, error=str(exc), retry_in=round(delay, 2))
-            self._at(f"rotate:{service}:{key}", now + delay, self._rotate_job, service, key, attempt + 1)
+            self._at(f"rotate:{service}:{key}", now + delay, self._rotate_job, service, key)
             return
+        st.rotations.pop(key, None)
         if result.status == "rotated":
             self.metrics.rotations.labels(service, "success").inc()
             log.info("rotated", service=service, key=key, version=result.version)
@@ -886,9 +868,9 @@ class Daemon(RecoveryMixin):
                 "method": self.settings.auth.method,
                 "authenticated": tok.state is not None and self.token_problem is None,
                 "error": self.token_problem,
-                "expires_at": tok.expires_at,
-                "time_left": None if tok.expires_at is None else round(tok.expires_at - now, 1),
-                "last_renewal": tok.last_renewal,
+                "expires_at": tok.life.expires_at,
+                "time_left": None if tok.life.expires_at is None else round(tok.life.expires_at - now, 1),
+                "last_renewal": tok.life.last_renewal,
             },
             "services": {},
         }
@@ -897,8 +879,9 @@ class Daemon(RecoveryMixin):
                 "kv": {"path": st.settings.kv_path, "version": st.kv_version, "found": st.kv_data is not None,
                        "missing": st.kv_missing > 0},
                 "leases": {
-                    ln: {"expires_at": ls.expires_at, "time_left": round(ls.expires_at - now, 1), "renewable": ls.renewable,
-                         "last_renewal": ls.last_renewal, "next": ls.decision.action.value}
+                    ln: {"expires_at": ls.life.expires_at,
+                         "time_left": None if ls.life.expires_at is None else round(ls.life.expires_at - now, 1),
+                         "renewable": ls.renewable, "last_renewal": ls.life.last_renewal, "next": ls.life.action.value}
                     for ln, ls in sorted(st.leases.items())
                 },
                 "destinations": {
