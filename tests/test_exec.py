@@ -241,3 +241,62 @@ def test_lease_reissue_at_max_ttl_restarts_the_child_with_working_credentials(kv
     finally:
         stop(proc)
     assert second["DB_PASSWORD"] not in (workdir / "exec.log").read_text()
+
+
+# --- pure: settings and the child's environment (no server) ----------------------------------
+
+
+@pytest.mark.parametrize("body, error", [
+    ('command = []', "exec.command must not be empty"),
+    ('command = ["x"]\non_change = "reload"', 'on_change must be "restart" or "signal"'),
+    ('command = ["x"]\nsignal = "USR9"', "exec.signal 'USR9' is not a signal name"),
+    ('command = ["x"]\nkill_timeout = "0s"', "exec.kill_timeout must be more than 0"),
+    ('command = "x y"', "exec.command must be a list of strings"),
+    ('command = ["x"]\nrestart = true', "unknown setting services.web.exec.restart"),
+])
+def test_exec_settings_errors_name_the_key(tmp_path, body, error):
+    from vaultsync import config as cfgmod
+    from vaultsync.errors import ConfigError
+
+    path = tmp_path / "vaultsync.toml"
+    path.write_text(f"[services.web]\n[services.web.exec]\n{body}\n")
+    with pytest.raises(ConfigError) as exc:
+        cfgmod.load(path, env={})
+    assert error in str(exc.value) and str(path) in str(exc.value)
+
+
+def test_exec_settings_defaults_and_wait(tmp_path):
+    from vaultsync import config as cfgmod
+
+    path = tmp_path / "vaultsync.toml"
+    path.write_text('[services.web]\n[services.web.exec]\ncommand = ["srv", "-v"]\nwait = { min = "2s", max = "5s" }\n')
+    ex = cfgmod.load(path, env={}).services["web"].exec
+    assert ex.command == ("srv", "-v") and ex.on_change == "restart" and ex.restart_on_exit and not ex.env_clear
+    assert (ex.wait_min, ex.wait_max, ex.kill_signal, ex.kill_timeout) == (2.0, 5.0, "TERM", 30.0)
+
+
+def test_child_environment_drops_credentials_and_secrets_win():
+    from vaultsync.child import child_environment
+
+    base = {"PATH": "/bin", "VAULT_TOKEN": "t", "BAO_TOKEN": "t", "VAULT_ADDR": "https://v", "VAULT_SECRET_ID": "s",
+            "VAULT_ROLE_ID": "r", "COLOR": "old"}
+    env = child_environment({"COLOR": "new", "DB_PASSWORD": "p"}, clear=False, base=base)
+    assert env == {"PATH": "/bin", "VAULT_ADDR": "https://v", "COLOR": "new", "DB_PASSWORD": "p"}
+    assert child_environment({"A": "1"}, clear=True, base=base) == {"A": "1"}
+
+
+def test_exec_without_a_command_is_a_clear_error(tmp_path):
+    from vaultsync import config as cfgmod
+    from vaultsync.errors import ConfigError
+    from vaultsync.execrun import exec_settings
+
+    path = tmp_path / "vaultsync.toml"
+    path.write_text("[services.web]\n")
+    s = cfgmod.load(path, env={})
+    with pytest.raises(ConfigError, match="no command"):
+        exec_settings(s, "web", (), metrics_addr=None)
+    with pytest.raises(ConfigError, match=r"no \[services.api\]"):
+        exec_settings(s, "api", ("x",), metrics_addr=None)
+    narrowed = exec_settings(s, "web", ("x",), metrics_addr=None)
+    assert narrowed.services["web"].exec.command == ("x",) and not narrowed.services["web"].exec.restart_on_exit
+    assert narrowed.daemon.metrics_addr == ""
