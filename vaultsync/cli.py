@@ -400,6 +400,26 @@ def daemon(state: State, metrics_addr: str | None) -> None:
     sys.exit(Daemon(s, config_path=state.config_path, overrides=overrides).run_forever())
 
 
+@main.command("exec", context_settings={**CONTEXT, "ignore_unknown_options": True})
+@click.argument("service")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--metrics-addr", help="Serve /metrics, /healthz, /readyz, /status here [default: none].")
+@click.pass_obj
+@handle_errors
+def exec_cmd(state: State, service: str, command: tuple[str, ...], metrics_addr: str | None) -> None:
+    """Run COMMAND with SERVICE's secrets in its environment: `vaultsync exec api -- ./server --port 80`.
+
+    Starts it once every secret has a value, restarts (or signals) it when one changes, passes
+    SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 on, and exits with its exit status. Without COMMAND,
+    [services.SERVICE.exec] command is run."""
+    from vaultsync import execrun
+
+    if command[:1] == ("--",):
+        command = command[1:]
+    sys.exit(execrun.run(state.settings(), service, command, config_path=state.config_path, metrics_addr=metrics_addr,
+                         overrides=state.overrides))
+
+
 @main.command("render", context_settings=CONTEXT)
 @output_option
 @click.pass_obj

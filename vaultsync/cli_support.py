@@ -182,6 +182,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "vaultsync daemon --config /etc/vaultsync/vaultsync.toml",
         "vaultsync daemon --config vaultsync.toml --metrics-addr 127.0.0.1:9464 --log-format json",
     ),
+    "exec": (
+        "vaultsync exec api -- ./server --port 8080         # secrets in its environment, restarted on change",
+        "vaultsync exec --config /etc/vaultsync.toml web    # the [services.web.exec] command",
+    ),
     "render": ("vaultsync render --config vaultsync.toml", "vaultsync render --format json"),
     "status": ("vaultsync status", "vaultsync status --format json | jq .token"),
     "audit": (

@@ -12,16 +12,15 @@ import os
 import re
 import signal
 import tomllib
-import types
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from vaultsync.config_env import _apply_env, _apply_overrides, resolve_token, token_with_source  # noqa: F401 - part of this module's API
+from vaultsync.config_schema import _only, _positive, _section
 from vaultsync.errors import ConfigError
 from vaultsync.formats import STYLES
-from vaultsync.leases import parse_duration
 
 DEFAULT_CONFIG = "vaultsync.toml"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -114,6 +113,21 @@ class RotateSpec:
 
 
 @dataclass(frozen=True)
+class ExecSettings:
+    """``[services.<name>.exec]``: run a command with the service's secrets in its environment."""
+
+    command: tuple[str, ...] = ()
+    on_change: str = "restart"  # restart: stop (kill_signal, kill_timeout) and start again | signal: send `signal`
+    signal: str = "HUP"
+    kill_signal: str = "TERM"
+    kill_timeout: float = 30.0
+    restart_on_exit: bool = True  # the daemon starts a child that exited again (capped backoff); `vaultsync exec` exits
+    env_clear: bool = False  # the child's environment is only the secrets
+    wait_min: float = 0.0
+    wait_max: float = 0.0
+
+
+@dataclass(frozen=True)
 class ServiceSettings:
     name: str
     kv_path: str
@@ -129,6 +143,7 @@ class ServiceSettings:
     destinations: tuple[Destination, ...] = ()
     rotate: tuple[RotateSpec, ...] = ()
     on_delete: str = "keep"  # KV secret deleted or absent: keep the last files, or render "empty" (no KV keys)
+    exec: ExecSettings | None = None  # [services.<name>.exec]
 
 
 #: Smallest ``length`` per generator: hex and base64url count random bytes, alphanumeric
@@ -268,6 +283,7 @@ def _service(name: str, body: Mapping[str, Any], src: str, prefix: str, base_dir
     rotate = tuple(
         _section(RotateSpec, r, src, f"{where}.rotate[{i}]", durations={"every"}) for i, r in enumerate(body.pop("rotate", []))
     )
+    exec_ = _exec(body.pop("exec"), src, f"{where}.exec") if "exec" in body else None
     if "name" in body:
         raise ConfigError(f"{src}: unknown setting {where}.name (the table's name is the service's name)")
     paths = [d.path for d in dests]
@@ -293,7 +309,41 @@ def _service(name: str, body: Mapping[str, Any], src: str, prefix: str, base_dir
                               f"{unit} for generator {r.generator!r} (got {r.length})")
     if svc.on_delete not in ("keep", "empty"):
         raise ConfigError(f"{src}: {where}.on_delete must be \"keep\" or \"empty\"")
-    return replace(svc, destinations=dests, rotate=rotate, dynamic=dict(svc.dynamic))
+    return replace(svc, destinations=dests, rotate=rotate, dynamic=dict(svc.dynamic), exec=exec_)
+
+
+def _wait(item: dict[str, Any], src: str, where: str) -> None:
+    """``wait = "5s"`` or ``wait = { min, max }`` into ``wait_min``/``wait_max``."""
+    wait = item.pop("wait", None)
+    if isinstance(wait, Mapping):
+        _only(wait, {"min", "max"}, src, f"{where}.wait")
+        item["wait_min"], item["wait_max"] = wait.get("min", 0), wait.get("max", wait.get("min", 0))
+    elif wait is not None:
+        item["wait_min"] = item["wait_max"] = wait
+
+
+def _signal_name(value: str, src: str, where: str) -> None:
+    sig = value.upper()
+    if (sig if sig.startswith("SIG") else "SIG" + sig) not in signal.Signals.__members__:
+        raise ConfigError(f"{src}: {where} {value!r} is not a signal name (e.g. HUP, USR1, TERM)")
+
+
+def _exec(raw: Any, src: str, where: str) -> ExecSettings:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{src}: {where} must be a table")
+    item = dict(raw)
+    _wait(item, src, where)
+    ex = _section(ExecSettings, item, src, where, durations={"kill_timeout", "wait_min", "wait_max"})
+    if "command" in item and not ex.command:
+        raise ConfigError(f"{src}: {where}.command must not be empty")
+    if ex.on_change not in ("restart", "signal"):
+        raise ConfigError(f"{src}: {where}.on_change must be \"restart\" or \"signal\"")
+    _signal_name(ex.signal, src, f"{where}.signal")
+    _signal_name(ex.kill_signal, src, f"{where}.kill_signal")
+    _positive(ex.kill_timeout, src, f"{where}.kill_timeout")
+    if ex.wait_min < 0 or ex.wait_max < ex.wait_min:
+        raise ConfigError(f"{src}: {where}.wait needs 0 <= min <= max")
+    return replace(ex, command=tuple(ex.command))
 
 
 def _destination(item: Mapping[str, Any], src: str, where: str, base_dir: Path) -> Destination:
@@ -302,12 +352,7 @@ def _destination(item: Mapping[str, Any], src: str, where: str, base_dir: Path) 
     if label is not None and (not isinstance(label, str) or not label.strip()):
         raise ConfigError(f"{src}: {where}.name must be a non-empty string (the destination's metric label)")
     item["label"] = label or str(item.get("path") or "")
-    wait = item.pop("wait", None)
-    if isinstance(wait, Mapping):
-        _only(wait, {"min", "max"}, src, f"{where}.wait")
-        item["wait_min"], item["wait_max"] = wait.get("min", 0), wait.get("max", wait.get("min", 0))
-    elif wait is not None:
-        item["wait_min"] = item["wait_max"] = wait
+    _wait(item, src, where)
     if isinstance(item.get("mode"), str):
         try:
             item["mode"] = int(item["mode"], 8)
@@ -321,169 +366,10 @@ def _destination(item: Mapping[str, Any], src: str, where: str, base_dir: Path) 
     # not exist, e.g. by `policies apply` on an admin's machine): an unknown one fails that destination.
     if dest.wait_min < 0 or dest.wait_max < dest.wait_min:
         raise ConfigError(f"{src}: {where}.wait needs 0 <= min <= max")
-    sig = dest.signal.upper()
-    if (sig if sig.startswith("SIG") else "SIG" + sig) not in signal.Signals.__members__:
-        raise ConfigError(f"{src}: {where}.signal {dest.signal!r} is not a signal name (e.g. HUP, USR1, TERM)")
+    _signal_name(dest.signal, src, f"{where}.signal")
     if dest.style not in STYLES:
         raise ConfigError(f"{src}: {where}.style must be one of {', '.join(STYLES)}")
     if dest.style == "template" and not dest.template:
         raise ConfigError(f"{src}: {where}: style = \"template\" needs template = \"<file>\"")
     return replace(dest, path=_rel(dest.path, base_dir), template=_rel(dest.template, base_dir),
                    pidfile=_rel(dest.pidfile, base_dir), command=tuple(dest.command))
-
-
-def _only(raw: Mapping[str, Any], allowed: set[str], src: str, where: str) -> None:
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        at = f"{where}." if where else ""
-        raise ConfigError(f"{src}: unknown setting {at}{unknown[0]} (allowed: {', '.join(sorted(allowed))})")
-
-
-def _section(cls: type, raw: Any, src: str, where: str, *, durations: set[str] = frozenset(), forbid: set[str] = frozenset()) -> Any:  # type: ignore[assignment]
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{src}: {where} must be a table")
-    for key in forbid:
-        if key in raw:
-            raise ConfigError(f"{src}: {where}.{key} may not be set in a file; use an environment variable or a token file")
-    names = {f.name for f in fields(cls)} - {"token"}
-    _only(raw, names, src, where)
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in durations and value is not None:
-            try:
-                value = parse_duration(value)
-            except ValueError as exc:
-                raise ConfigError(f"{src}: {where}.{key}: {exc}") from None
-        elif isinstance(value, list):
-            value = tuple(value)
-        if not _conforms(value, hints[key]):
-            raise ConfigError(f"{src}: {where}.{key} must be {_describe(hints[key])}, not {type(value).__name__} {value!r}"[:300])
-        values[key] = value
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        raise ConfigError(f"{src}: {where}: {exc}") from None
-
-
-def _conforms(value: Any, tp: Any) -> bool:
-    """Does a TOML value fit a dataclass field's type? (bool is not an int here.)"""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_conforms(value, a) for a in args)
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
-    if origin is tuple:
-        return isinstance(value, (tuple, list)) and all(_conforms(v, args[0]) for v in value)
-    if origin in (Mapping, dict):
-        return isinstance(value, Mapping) and all(isinstance(k, str) and _conforms(v, args[1]) for k, v in value.items())
-    return isinstance(value, origin or tp)
-
-
-def _describe(tp: Any) -> str:
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
-        return _describe(args[0])
-    return {bool: "true or false", int: "a whole number", float: "a number or a duration", str: "a string"}.get(
-        tp, "a list of strings" if typing.get_origin(tp) is tuple else "a table of strings" if typing.get_origin(tp) in (Mapping, dict) else str(tp)
-    )
-
-
-def _positive(value: float | None, src: str, where: str) -> None:
-    if value is not None and value <= 0:
-        raise ConfigError(f"{src}: {where} must be more than 0")
-
-
-def _env(env: Mapping[str, str], name: str) -> str | None:
-    """``VAULT_X`` wins over its OpenBao alias ``BAO_X``; empty counts as unset."""
-    return env.get(f"VAULT_{name}") or env.get(f"BAO_{name}") or None
-
-
-_TRUE = ("1", "t", "true", "yes")
-_FALSE = ("0", "f", "false", "no")
-
-
-def _apply_env(s: Settings, env: Mapping[str, str]) -> Settings:
-    vault = s.vault
-    changes: dict[str, Any] = {}
-    # The Vault CLI's variables (api/client.go ReadEnvironment), each with its OpenBao alias.
-    for name, attr in (("ADDR", "addr"), ("TOKEN", "token"), ("CACERT", "cacert"), ("CAPATH", "capath"),
-                       ("NAMESPACE", "namespace"), ("CLIENT_CERT", "client_cert"), ("CLIENT_KEY", "client_key"),
-                       ("TLS_SERVER_NAME", "tls_server_name")):
-        value = _env(env, name)
-        if value is not None:
-            changes[attr] = value
-    if _env(env, "CAPATH") and not _env(env, "CACERT"):
-        # A CA file wins over a CA folder (as in the Vault CLI), but not one from a lower layer:
-        # VAULT_CAPATH replaces the file's CA settings as a whole.
-        changes["cacert"] = None
-    skip = _env(env, "SKIP_VERIFY")
-    if skip is not None:  # the environment wins over the file, either way
-        value = skip.strip().lower()
-        if value not in _TRUE + _FALSE:
-            raise ConfigError(f"VAULT_SKIP_VERIFY must be true or false, not {skip!r}"[:120])
-        changes["tls_verify"] = value not in _TRUE
-    return replace(s, vault=replace(vault, **changes))
-
-
-def _apply_overrides(s: Settings, overrides: Mapping[str, Any]) -> Settings:
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        section, _, attr = dotted.partition(".")
-        current = getattr(s, section)
-        s = replace(s, **{section: replace(current, **{attr: value})})
-    return s
-
-
-def resolve_token(vault: VaultSettings) -> str | None:
-    """The token, from the first source that has one (see :func:`token_with_source`)."""
-    return token_with_source(vault)[0]
-
-
-def token_with_source(vault: VaultSettings) -> tuple[str | None, str]:
-    """The token and where it came from, in the Vault CLI's order: ``VAULT_TOKEN``/``BAO_TOKEN``,
-    then ``vault.token_file``, then ``~/.vault-token`` (what ``vault login`` writes)."""
-    if vault.token:
-        return _clean_token(vault.token, "VAULT_TOKEN (or BAO_TOKEN)"), "environment (VAULT_TOKEN/BAO_TOKEN)"
-    if vault.token_file:
-        token = _read_token_file(Path(vault.token_file))
-        if token is None:
-            raise ConfigError(f"{vault.token_file}: the token file (vault.token_file) is empty")
-        return token, f"token_file {vault.token_file}"
-    helper = Path.home() / ".vault-token"  # as the Vault CLI: absent or empty means no token
-    if not helper.exists():
-        return None, "none"
-    return _read_token_file(helper), str(helper)
-
-
-def _read_token_file(path: Path) -> str | None:
-    """The token in ``path`` (surrounding whitespace and line ends dropped); None if it is empty."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the token file: {exc.strerror}") from None
-    try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: the token file holds bytes no token has (binary, a BOM, or not ASCII)") from None
-    return _clean_token(text, str(path)) or None
-
-
-def _clean_token(token: str, where: str) -> str:
-    """``token`` without surrounding whitespace; one inside (two lines, a space) is an error naming
-    ``where`` and never the value: sent as a header it would fail with an opaque message."""
-    token = token.strip()
-    if any(c.isspace() or not c.isprintable() or not c.isascii() for c in token):
-        raise ConfigError(f"{where}: the token holds spaces, line breaks or other characters no token has")
-    return token

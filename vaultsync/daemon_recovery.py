@@ -1,5 +1,4 @@
-"""The daemon's recovery path, as a part of :class:`vaultsync.daemon.Daemon` (a mixin, until
-the issue-12 redesign gives tokens and leases one ``Lifetime``): the server going away and
+"""The daemon's recovery path, as a part of :class:`vaultsync.daemon.Daemon` (a mixin): the server going away and
 coming back, a token the server rejects, a KV secret that disappears, and the lease ids a
 killed run left behind. The decisions are pure (:mod:`vaultsync.recovery`); this is the wiring.
 """
@@ -9,12 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vaultsync import auth, leases, leasestate, recovery
+from vaultsync import auth, leasestate, recovery
 from vaultsync.errors import VaultError
+from vaultsync.jobs import JobKey, Kind
+from vaultsync.lifetime import Backoff
 from vaultsync.logging import get_logger
 
 if TYPE_CHECKING:
-    from vaultsync.daemon import ServiceState
+    from vaultsync.daemon_state import ServiceState
 
 log = get_logger("vaultsync.daemon")
 
@@ -35,21 +36,23 @@ class RecoveryMixin:
     token: Any
     token_problem: str | None
     reachability: recovery.Reachability
+    _probes: Backoff  # while the server is down (a new one at each outage)
 
     def _on_http_result(self, status: int | None) -> None:
         """Every response passes here (from the request's thread): schedule, never act inline."""
         edge = self.reachability.observe(status)
         if edge == "down":
             log.warning("server not answering; probing it until it does")
-            self._at("probe", self.clock() + recovery.PROBE_CAP * self.rng.uniform(0.5, 1.0), self._probe, 1)
+            self._probes = Backoff(base=0.5, cap=recovery.PROBE_CAP, attempt=1)
+            self._at(JobKey(Kind.PROBE), self.clock() + recovery.PROBE_CAP * self.rng.uniform(0.5, 1.0), self._probe)
         elif edge == "back":
-            self._at("recover", self.clock(), self._server_back)
+            self._at(JobKey(Kind.RECOVER), self.clock(), self._server_back)
         elif (status == 403 and self.token.state is not None and self.token_problem is None
-              and not self.token.login_attempt and self._token_checks.allow(self.clock())):
+              and not self.token.logins.failing and self._token_checks.allow(self.clock())):
             # (a token known to be dead, or a re-login already waiting, has its own backed-off retry)
-            self._at("token-check", self.clock(), self._check_token)
+            self._at(JobKey(Kind.TOKEN_CHECK), self.clock(), self._check_token)
 
-    def _probe(self, attempt: int) -> None:
+    def _probe(self) -> None:
         """While the server is down: one cheap unauthenticated request, capped at a few
         seconds apart, so that recovery starts soon after it answers (its answer, through
         :meth:`_on_http_result`, is what triggers the recovery)."""
@@ -61,8 +64,8 @@ class RecoveryMixin:
             pass
         if self.reachability.up:
             return
-        delay = leases.backoff_delay(attempt, 0.5, recovery.PROBE_CAP, rng=self.rng)
-        self._at("probe", self.clock() + delay, self._probe, attempt + 1)
+        delay = self._probes.failed(self.rng)
+        self._at(JobKey(Kind.PROBE), self.clock() + delay, self._probe)
 
     def _server_back(self) -> None:
         log.info("server answering again: resetting backoffs, checking the token, polling now")
@@ -105,24 +108,22 @@ class RecoveryMixin:
     def _kick_all(self) -> None:
         """After an outage or a new token: forget every backoff and run what was waiting now."""
         now = self.clock()
-        if self.token.login_attempt:
-            self._at("token", now, self._relogin, "server back")
-        elif self.token.attempt:
-            self._at("token", now, self._token_job)
-        self.token.attempt = self.token.login_attempt = 0
+        logins_failed, renewals_failed = self.token.logins.succeeded(), self.token.life.renewals.succeeded()
+        if logins_failed:
+            self._at(JobKey(Kind.TOKEN), now, self._relogin, "server back")
+        elif renewals_failed:
+            self._at(JobKey(Kind.TOKEN), now, self._token_job)
         for name, st in list(self.services.items()):
-            st.kv_attempt = 0
-            self._at(f"kv:{name}", now, self._kv_job, name)
-            failed = set(st.issue_attempts)
-            st.issue_attempts.clear()
+            st.kv_reads.succeeded()
+            self._at(JobKey(Kind.KV, name), now, self._kv_job, name)
+            failed = set(st.issues)
+            st.issues.clear()
             for lname in st.settings.dynamic:
                 lease = st.leases.get(lname)
-                expired = lease is not None and bool(lease.ttl) and lease.expires_at <= now
-                if lname in failed or expired:
-                    self._at(f"lease:{name}:{lname}", now, self._reissue, name, lname)
-                elif lease is not None and lease.attempt:  # still valid: renewing keeps the same credentials
-                    lease.attempt = 0
-                    self._at(f"lease:{name}:{lname}", now, self._renew_lease, name, lname)
+                if lname in failed or (lease is not None and lease.life.expired(now)):
+                    self._at(JobKey(Kind.LEASE, name, lname), now, self._reissue, name, lname)
+                elif lease is not None and lease.life.renewals.succeeded():  # still valid: renewing keeps the same credentials
+                    self._at(JobKey(Kind.LEASE, name, lname), now, self._renew_lease, name, lname)
 
     # -- KV secret gone ---------------------------------------------------------------------
 
@@ -134,7 +135,7 @@ class RecoveryMixin:
         delay = recovery.missing_source_delay(st.kv_missing, self.settings.daemon.poll_interval, self.rng)
         first = st.kv_missing == 0
         st.kv_missing += 1
-        self._at(f"kv:{service}", self.clock() + delay, self._kv_job, service)
+        self._at(JobKey(Kind.KV, service), self.clock() + delay, self._kv_job, service)
         where = f"{self.kv.mount}/{st.settings.kv_path}"
         why = "deleted" if version or st.kv_loaded else "not found"
         if first or st.kv_missing % 10 == 0:
