@@ -36,7 +36,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_STOPPED
 
-from vaultsync import __version__, auth, config, events, formats, leases, recovery, render, rotation, tracing
+from vaultsync import __version__, auth, config, config_checks, events, formats, leases, recovery, render, rotation, tracing
 from vaultsync.config import Destination, ServiceSettings, Settings
 from vaultsync.daemon_recovery import RecoveryMixin
 from vaultsync.errors import ConfigError, SourceMissing, VaultError, VaultsyncError
@@ -155,6 +155,7 @@ class Daemon(RecoveryMixin):
         rng: random.Random | None = None,
         serve_http: bool = True,
     ) -> None:
+        config_checks.check_for_writing(settings)  # unknown owner/group, missing hook program: exit 2
         self.settings = settings
         self.config_path = config_path
         self.overrides = overrides or {}  # command-line flags, applied again on reload
@@ -822,6 +823,7 @@ class Daemon(RecoveryMixin):
         """SIGHUP: read the config again and apply the difference without a restart."""
         try:
             new = config.load(self.config_path, overrides=self.overrides)
+            config_checks.check_for_writing(new)
         except VaultsyncError as exc:
             log.error("reload failed, keeping the running config", error=str(exc))
             return
