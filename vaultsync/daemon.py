@@ -13,7 +13,6 @@ Lock order: ``self._lock`` (daemon-wide state) may be taken while holding a serv
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import resource
@@ -37,6 +36,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_STOPPED
 
 from vaultsync import __version__, auth, config, config_checks, events, formats, leases, recovery, render, rotation, tracing
+from vaultsync import service_values as service_values_
 from vaultsync.config import Destination, ServiceSettings, Settings
 from vaultsync.daemon_recovery import RecoveryMixin
 from vaultsync.errors import ConfigError, SourceMissing, VaultError, VaultsyncError
@@ -117,13 +117,7 @@ class TokenInfo:
 def service_values(svc: ServiceState) -> dict[str, str]:
     """What a service's destinations render: its KV keys, then ``<NAME>_<FIELD>`` of each
     dynamic secret (e.g. ``DB_USERNAME``). Non-string KV values are JSON-encoded."""
-    values: dict[str, str] = {}
-    for key, value in (svc.kv_data or {}).items():
-        values[key] = value if isinstance(value, str) else json.dumps(value)
-    for name, lease in sorted(svc.leases.items()):
-        for field_name, value in lease.data.items():
-            values[f"{name}_{field_name}".upper()] = value if isinstance(value, str) else json.dumps(value)
-    return values
+    return service_values_.merge(svc.settings.name, svc.kv_data, {n: lease.data for n, lease in svc.leases.items()})
 
 
 # --- the daemon --------------------------------------------------------------------------
@@ -753,7 +747,10 @@ class Daemon(RecoveryMixin):
         dest = next(d for d in st.settings.destinations if d.path == path)
         ds = st.destinations[path]
         with st.lock:  # one render of a service at a time; others wait, none is lost
-            outcome = write_destination(dest, service_values(st), service=service)
+            try:
+                outcome = write_destination(dest, service_values(st), service=service)
+            except service_values_.KeyCollision as exc:  # the service's files stay as they are
+                outcome = RenderOutcome("failure", str(exc))
             if ds.window is not None and outcome.result != "failure":
                 ds.window.rendered()
         now = self.clock()
