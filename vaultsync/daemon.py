@@ -43,7 +43,7 @@ from vaultsync.errors import ConfigError, SourceMissing, VaultError, VaultsyncEr
 from vaultsync.hookrunner import HookRunner
 from vaultsync.logging import forget_secret, get_logger, register_secret
 from vaultsync.metrics import HealthServer, Metrics, read_status_token
-from vaultsync.safefs import resolve_owner
+from vaultsync.safefs import check_trusted_program, read_trusted_text, resolve_owner
 from vaultsync.vault import KV, describe, detect_kv_version, make_client, renew_lease, revoke_lease
 
 log = get_logger("vaultsync.daemon")
@@ -771,6 +771,7 @@ class Daemon(RecoveryMixin):
     def _run_hook(self, service: str, dest: Destination) -> None:
         try:
             if dest.command:
+                check_trusted_program(dest.command[0], render.DEFAULT_HOOK_ENV["PATH"])  # else UnsafePath: "hook failed"
                 result = render.run_command(dest.command, timeout=dest.command_timeout, cancel=self.hooks.cancel)
                 ok = result.ok
                 (log.info if ok else log.warning)("hook ran", service=service, destination=dest.name, returncode=result.returncode,
@@ -940,8 +941,7 @@ def write_destination(dest: Destination, values: dict[str, str], *, service: str
         template = None
         if dest.style == "template":
             assert dest.template is not None
-            with open(dest.template, encoding="utf-8") as f:
-                template = f.read()
+            template = read_trusted_text(dest.template, "template")  # owned by root or us, writable by no one else
         left_out: list[str] = []
         text = formats.render(dest.style, values, template=template, destination=dest.path, template_name=dest.template,
                               warn=left_out.append)
