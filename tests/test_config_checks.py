@@ -160,3 +160,13 @@ def test_missing_or_not_executable_absolute_hook_program_is_a_config_error(tmp_p
     hook.chmod(0o755)
     config_checks.check_for_writing(s)
     config_checks.check_for_writing(load(tmp_path, DEST + 'command = ["docker", "compose", "up"]\n'))
+
+
+# --- 8. SIGHUP and start-only [daemon] settings -------------------------------------------------------
+
+
+def test_start_only_daemon_settings_are_reported_when_they_change():
+    old = config.DaemonSettings()
+    assert config_checks.start_only_changes(old, config.DaemonSettings(poll_interval=5)) == []
+    new = config.DaemonSettings(metrics_addr="127.0.0.1:9999", status_token_file="/etc/vaultsync/status.token")
+    assert config_checks.start_only_changes(old, new) == ["metrics_addr", "status_token_file"]

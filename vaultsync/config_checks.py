@@ -126,3 +126,13 @@ def _check_command(program: str, src: str, where: str) -> None:
         raise ConfigError(f"{src}: {where}: {program} does not exist (or is not a file)")
     if not os.access(program, os.X_OK):
         raise ConfigError(f"{src}: {where}: {program} is not executable")
+
+
+#: [daemon] settings used once, at start: the HTTP server's address and its /status token.
+START_ONLY_DAEMON_SETTINGS = ("metrics_addr", "status_token_file")
+
+
+def start_only_changes(old: Any, new: Any) -> list[str]:
+    """The start-only [daemon] settings that differ between two DaemonSettings (for a SIGHUP
+    that cannot apply them: it says "restart needed" instead of pretending it did)."""
+    return [name for name in START_ONLY_DAEMON_SETTINGS if getattr(old, name) != getattr(new, name)]

@@ -833,6 +833,10 @@ class Daemon(RecoveryMixin):
         if (new.vault, new.auth, new.kv) != (old.vault, old.auth, old.kv):
             log.warning("reload: vault/auth/kv settings changed; restart the daemon to apply them")
             new = replace(new, vault=old.vault, auth=old.auth, kv=old.kv)
+        if stale := config_checks.start_only_changes(old.daemon, new.daemon):
+            log.warning("reload: daemon settings changed that apply only at start; restart needed to apply them",
+                        settings=[f"daemon.{k}" for k in stale])
+            new = replace(new, daemon=replace(new.daemon, **{k: getattr(old.daemon, k) for k in stale}))
         self.settings = new
         removed = set(old.services) - set(new.services)
         added = set(new.services) - set(old.services)
