@@ -36,6 +36,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_STOPPED
 
 from vaultsync import __version__, auth, config, config_checks, events, formats, leases, recovery, render, rotation, tracing
+from vaultsync import lease_inflight
 from vaultsync import service_values as service_values_
 from vaultsync.config import Destination, ServiceSettings, Settings
 from vaultsync.daemon_recovery import RecoveryMixin
@@ -574,6 +575,7 @@ class Daemon(RecoveryMixin):
 
     # -- dynamic secrets and their leases -----------------------------------------------------
 
+    @lease_inflight.tracked  # the recovery leaves a secret with a request in flight alone
     def _issue(self, service: str, name: str, path: str | None = None, *, initial: bool = False) -> bool:
         """Read a dynamic secret anew (first time, or re-issue); True when it worked.
         Renders the service unless this is the start-up read (the caller renders then)."""
@@ -651,6 +653,7 @@ class Daemon(RecoveryMixin):
         fn = self._renew_lease if d.action is leases.Action.RENEW else self._reissue
         self._at(f"lease:{lease.service}:{lease.name}", d.at, fn, lease.service, lease.name)
 
+    @lease_inflight.tracked  # the recovery leaves a secret with a request in flight alone
     def _renew_lease(self, service: str, name: str) -> None:
         st = self.services.get(service)
         lease = st.leases.get(name) if st else None

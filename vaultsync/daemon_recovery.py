@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vaultsync import auth, leases, leasestate, recovery
+from vaultsync import auth, lease_inflight, leases, leasestate, recovery
 from vaultsync.errors import VaultError
 from vaultsync.logging import get_logger
 
@@ -116,6 +116,8 @@ class RecoveryMixin:
             failed = set(st.issue_attempts)
             st.issue_attempts.clear()
             for lname in st.settings.dynamic:
+                if lease_inflight.busy(self, name, lname):
+                    continue  # its job, answered now too, issues, renews or retries itself (finding 18)
                 lease = st.leases.get(lname)
                 expired = lease is not None and bool(lease.ttl) and lease.expires_at <= now
                 if lname in failed or expired:
