@@ -170,3 +170,16 @@ def test_start_only_daemon_settings_are_reported_when_they_change():
     assert config_checks.start_only_changes(old, config.DaemonSettings(poll_interval=5)) == []
     new = config.DaemonSettings(metrics_addr="127.0.0.1:9999", status_token_file="/etc/vaultsync/status.token")
     assert config_checks.start_only_changes(old, new) == ["metrics_addr", "status_token_file"]
+
+
+def test_a_reload_that_makes_two_destinations_one_file_is_refused(tmp_path):
+    from vaultsync.daemon import Daemon
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x-link").symlink_to(tmp_path / "x")
+    one = '[daemon]\nmetrics_addr = ""\n[services.a]\n[[services.a.destinations]]\npath = "x/app.env"\n'
+    settings = load(tmp_path, one)
+    d = Daemon(settings, config_path=str(tmp_path / "vaultsync.toml"), serve_http=False)  # never started: no server
+    (tmp_path / "vaultsync.toml").write_text(one + '[services.b]\n[[services.b.destinations]]\npath = "x-link/app.env"\n')
+    d.reload()
+    assert d.settings is settings, "the running config was replaced by one with two writers of one file"
