@@ -258,9 +258,11 @@ def test_sigkill_during_renders_never_leaves_a_torn_file(kv2, root, vault_server
     rng = random.Random(7)
     renders = 0
     try:
-        for round_ in range(8):
+        for round_ in range(6):
             d = DaemonProc(cfg, env, workdir, name=f"daemon{round_}").start()
-            time.sleep(rng.uniform(1.5, 3.5))  # the start-up render, then at least one poll's (1 s, the floor)
+            # the start-up render and a poll's (1 s apart at the least), then a kill somewhere in the next poll
+            wait_for(lambda: d.count("rendered") >= 2, 30, "a poll's render after the start-up one")
+            time.sleep(rng.uniform(0.0, 1.0))
             d.kill()
             renders += d.count("rendered")
             value = dotenv_values(workdir / "big.env")["BLOB"]
