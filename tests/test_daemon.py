@@ -243,7 +243,7 @@ def test_sigkill_during_renders_never_leaves_a_torn_file(kv2, root, vault_server
     size = 200_000
     payloads = [c * size for c in "ABCD"]
     root.secrets.kv.v2.create_or_update_secret(path="compose/big", secret={"BLOB": payloads[0]}, mount_point=kv2)
-    cfg = config(workdir, kv2, '[services.big]\n[[services.big.destinations]]\npath = "big.env"\n', poll="0.05s")
+    cfg = config(workdir, kv2, '[services.big]\n[[services.big.destinations]]\npath = "big.env"\n', poll="1s")
     env = daemon_env(vault_server, short_token(root), workdir)
     stop = threading.Event()
 
@@ -261,7 +261,9 @@ def test_sigkill_during_renders_never_leaves_a_torn_file(kv2, root, vault_server
     try:
         for round_ in range(6):
             d = DaemonProc(cfg, env, workdir, name=f"daemon{round_}").start()
-            time.sleep(rng.uniform(0.3, 1.2))
+            # the start-up render and a poll's (1 s apart at the least), then a kill somewhere in the next poll
+            wait_for(lambda: d.count("rendered") >= 2, 30, "a poll's render after the start-up one")
+            time.sleep(rng.uniform(0.0, 1.0))
             d.kill()
             renders += d.count("rendered")
             value = dotenv_values(workdir / "big.env")["BLOB"]
@@ -421,7 +423,7 @@ def test_wait_window_coalesces_a_burst_into_one_render_and_one_signal(kv2, root,
         "while True: time.sleep(0.1)\n"), str(counter)])
     (workdir / "api.pid").write_text(f"{child.pid}\n")
     cfg = config(workdir, kv2, '[services.api]\n[[services.api.destinations]]\npath = "api.env"\npidfile = "api.pid"\n'
-                 'signal = "HUP"\nwait = { min = "1.5s", max = "4s" }\n', poll="0.2s")
+                 'signal = "HUP"\nwait = { min = "1.5s", max = "4s" }\n', poll="1s")
     d = DaemonProc(cfg, daemon_env(vault_server, short_token(root), workdir), workdir).start()
     try:
         wait_for(lambda: counter.exists() and counter.read_text() == "1", 5, "the first render's signal")
@@ -429,7 +431,7 @@ def test_wait_window_coalesces_a_burst_into_one_render_and_one_signal(kv2, root,
             root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"N": str(n)}, mount_point=kv2)
             time.sleep(0.3)
         wait_for(lambda: dotenv_values(workdir / "api.env")["N"] == "5", 10, "the last value rendered")
-        # Polls after the render find nothing new (0.2 s apart): by then a second signal would have been sent.
+        # Polls after the render find nothing new (1 s apart): by then a second signal would have been sent.
         confirmed = d.metric("vaultsync_render_total", service="api", destination="api.env", result="unchanged")
         wait_for(lambda: d.metric("vaultsync_render_total", service="api", destination="api.env", result="unchanged") >= confirmed + 5,
                  15, "five polls after the burst's render")
@@ -444,11 +446,11 @@ def test_wait_window_coalesces_a_burst_into_one_render_and_one_signal(kv2, root,
 
 def test_each_poll_confirms_files_and_restores_one_that_was_changed(kv2, root, vault_server, workdir):
     root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"A": "1"}, mount_point=kv2)
-    cfg = config(workdir, kv2, '[services.web]\n[[services.web.destinations]]\npath = "web.env"\n', poll="0.5s")
+    cfg = config(workdir, kv2, '[services.web]\n[[services.web.destinations]]\npath = "web.env"\n', poll="1s")
     d = DaemonProc(cfg, daemon_env(vault_server, short_token(root), workdir), workdir).start()
     try:
         first = d.metric("vaultsync_last_render_success_timestamp_seconds", service="web", destination="web.env")
-        wait_for(lambda: d.metric("vaultsync_render_total", service="web", destination="web.env", result="unchanged") >= 2, 5, "unchanged renders")
+        wait_for(lambda: d.metric("vaultsync_render_total", service="web", destination="web.env", result="unchanged") >= 2, 10, "unchanged renders")
         assert d.metric("vaultsync_last_render_success_timestamp_seconds", service="web", destination="web.env") > first
         assert d.metric("vaultsync_render_total", service="web", destination="web.env", result="success") == 1
         (workdir / "web.env").write_text("A='tampered'\n")

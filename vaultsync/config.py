@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from vaultsync import config_checks
 from vaultsync.config_env import _apply_env, _apply_overrides, resolve_token, token_with_source  # noqa: F401 - part of this module's API
 from vaultsync.config_schema import _only, _positive, _section
 from vaultsync.errors import ConfigError
@@ -230,6 +231,7 @@ def _from_dict(raw: Mapping[str, Any], src: str, base_dir: Path) -> Settings:
     )
     daemon = replace(daemon, status_token_file=_rel(daemon.status_token_file, base_dir))
     _positive(daemon.poll_interval, src, "daemon.poll_interval")
+    config_checks.check_poll_interval(daemon.poll_interval, src)
     _positive(daemon.lock_ttl, src, "daemon.lock_ttl")
     if daemon.lease_revoke_grace < 0:
         raise ConfigError(f"{src}: daemon.lease_revoke_grace must not be negative")
@@ -246,6 +248,7 @@ def _from_dict(raw: Mapping[str, Any], src: str, base_dir: Path) -> Settings:
             other = writers.setdefault(os.path.normpath(dest.path), name)
             if other != name:
                 raise ConfigError(f"{src}: services.{name}: destination {dest.path} is also written by services.{other}")
+    config_checks.check_one_writer(services, src)
     daemon = replace(daemon, state_file=_rel(daemon.state_file, base_dir))
     return Settings(vault=vault, kv=kv, migrate=migrate, auth=auth, daemon=daemon, services=services,
                     events=_events(raw.get("events", {}), src), source=src)
@@ -307,6 +310,7 @@ def _service(name: str, body: Mapping[str, Any], src: str, prefix: str, base_dir
             unit = "characters" if r.generator == "alphanumeric" else "bytes"
             raise ConfigError(f"{src}: {where}.rotate[{i}].length must be at least {ROTATE_MIN_LENGTH[r.generator]} "
                               f"{unit} for generator {r.generator!r} (got {r.length})")
+    config_checks.check_policy_paths(name, svc.kv_path, svc.dynamic, src)
     if svc.on_delete not in ("keep", "empty"):
         raise ConfigError(f"{src}: {where}.on_delete must be \"keep\" or \"empty\"")
     return replace(svc, destinations=dests, rotate=rotate, dynamic=dict(svc.dynamic), exec=exec_)
@@ -347,6 +351,7 @@ def _exec(raw: Any, src: str, where: str) -> ExecSettings:
 
 
 def _destination(item: Mapping[str, Any], src: str, where: str, base_dir: Path) -> Destination:
+    config_checks.check_destination(item, Destination, src, where)
     item = dict(item)
     label = item.pop("name", None)
     if label is not None and (not isinstance(label, str) or not label.strip()):

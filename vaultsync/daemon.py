@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
-from vaultsync import __version__, auth_methods, config, events, recovery, tracing
+from vaultsync import __version__, auth_methods, config, config_checks, events, recovery, tracing
 from vaultsync.config import ServiceSettings, Settings
 from vaultsync.daemon_leases import LeaseMixin
 from vaultsync.daemon_recovery import RecoveryMixin
@@ -78,6 +78,7 @@ class Daemon(TokenMixin, LeaseMixin, ServiceMixin, RecoveryMixin, JobsMixin):
         rng: random.Random | None = None,
         serve_http: bool = True,
     ) -> None:
+        config_checks.check_for_writing(settings)  # unknown owner/group, missing hook program: exit 2
         self.settings = settings
         self.config_path = config_path
         self.overrides = overrides or {}  # command-line flags, applied again on reload
@@ -249,6 +250,7 @@ class Daemon(TokenMixin, LeaseMixin, ServiceMixin, RecoveryMixin, JobsMixin):
         """SIGHUP: read the config again and apply the difference without a restart."""
         try:
             new = config.load(self.config_path, overrides=self.overrides)
+            config_checks.check_for_writing(new)
         except VaultsyncError as exc:
             log.error("reload failed, keeping the running config", error=str(exc))
             return
@@ -260,6 +262,10 @@ class Daemon(TokenMixin, LeaseMixin, ServiceMixin, RecoveryMixin, JobsMixin):
         if (new.vault, new.auth, new.kv) != (old.vault, old.auth, old.kv):
             log.warning("reload: vault/auth/kv settings changed; restart the daemon to apply them")
             new = replace(new, vault=old.vault, auth=old.auth, kv=old.kv)
+        if stale := config_checks.start_only_changes(old.daemon, new.daemon):
+            log.warning("reload: daemon settings changed that apply only at start; restart needed to apply them",
+                        settings=[f"daemon.{k}" for k in stale])
+            new = replace(new, daemon=replace(new.daemon, **{k: getattr(old.daemon, k) for k in stale}))
         self.settings = new
         removed = set(old.services) - set(new.services)
         added = set(new.services) - set(old.services)

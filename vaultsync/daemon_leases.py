@@ -9,7 +9,7 @@ from typing import Any
 
 import hvac.exceptions
 
-from vaultsync import leases, recovery
+from vaultsync import lease_inflight, leases, recovery
 from vaultsync.daemon_state import Lease
 from vaultsync.jobs import JobKey, Kind
 from vaultsync.lifetime import Backoff
@@ -38,6 +38,7 @@ class LeaseMixin:
     _relogin: Any
     _render_all: Any
 
+    @lease_inflight.tracked
     def _issue(self, service: str, name: str, path: str | None = None, *, initial: bool = False) -> bool:
         """Read a dynamic secret anew (first time, or re-issue); True when it worked.
         Renders the service unless this is the start-up read (the caller renders then)."""
@@ -114,6 +115,7 @@ class LeaseMixin:
         fn = self._renew_lease if life.action is leases.Action.RENEW else self._reissue
         self._at(JobKey(Kind.LEASE, lease.service, lease.name), life.due, fn, lease.service, lease.name)
 
+    @lease_inflight.tracked
     def _renew_lease(self, service: str, name: str) -> None:
         st = self.services.get(service)
         lease = st.leases.get(name) if st else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vaultsync import auth, leasestate, recovery
+from vaultsync import auth, lease_inflight, leasestate, recovery
 from vaultsync.errors import VaultError
 from vaultsync.jobs import JobKey, Kind
 from vaultsync.lifetime import Backoff
@@ -119,6 +119,8 @@ class RecoveryMixin:
             failed = set(st.issues)
             st.issues.clear()
             for lname in st.settings.dynamic:
+                if lease_inflight.busy(self, name, lname):
+                    continue  # its own job is waiting on the server: it issues, renews or retries itself
                 lease = st.leases.get(lname)
                 if lname in failed or (lease is not None and lease.life.expired(now)):
                     self._at(JobKey(Kind.LEASE, name, lname), now, self._reissue, name, lname)

@@ -10,13 +10,14 @@ import uuid
 from typing import Any
 
 from vaultsync import render, rotation
+from vaultsync import service_values as service_values_
 from vaultsync.config import Destination, ServiceSettings
 from vaultsync.daemon_state import DestinationState, ServiceState, renders_without_kv, service_values
 from vaultsync.errors import VaultError, VaultsyncError
 from vaultsync.jobs import JobKey, Kind
 from vaultsync.lifetime import BACKOFF_BASE, BACKOFF_CAP, Backoff
 from vaultsync.logging import get_logger, register_secret
-from vaultsync.outputs import EXEC_KEY, outputs_for
+from vaultsync.outputs import EXEC_KEY, RenderOutcome, outputs_for
 
 log = get_logger("vaultsync.daemon")
 
@@ -168,7 +169,10 @@ class ServiceMixin:
             return
         ds = st.destinations[key]
         with st.lock:  # one render of a service at a time; others wait, none is lost
-            outcome = output.deliver(service_values(st))
+            try:
+                outcome = output.deliver(service_values(st))
+            except service_values_.KeyCollision as exc:  # the service's files stay as they are
+                outcome = RenderOutcome("failure", str(exc))
             if ds.window is not None and outcome.result != "failure":
                 ds.window.rendered()
         now = self.clock()

@@ -3,12 +3,12 @@ the token. Plain data (the timing lives in each :class:`~vaultsync.lifetime.Life
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from vaultsync import auth, render
+from vaultsync import service_values as service_values_
 from vaultsync.config import ServiceSettings
 from vaultsync.lifetime import Backoff, Lifetime
 from vaultsync.outputs import Output
@@ -69,14 +69,9 @@ class TokenInfo:
 
 def service_values(svc: ServiceState) -> dict[str, str]:
     """What a service's destinations render: its KV keys, then ``<NAME>_<FIELD>`` of each
-    dynamic secret (e.g. ``DB_USERNAME``). Non-string KV values are JSON-encoded."""
-    values: dict[str, str] = {}
-    for key, value in (svc.kv_data or {}).items():
-        values[key] = value if isinstance(value, str) else json.dumps(value)
-    for name, lease in sorted(svc.leases.items()):
-        for field_name, value in lease.data.items():
-            values[f"{name}_{field_name}".upper()] = value if isinstance(value, str) else json.dumps(value)
-    return values
+    dynamic secret (e.g. ``DB_USERNAME``). Non-string KV values are JSON-encoded. Raises
+    :class:`~vaultsync.service_values.KeyCollision` when a field's name is also a KV key."""
+    return service_values_.merge(svc.settings.name, svc.kv_data, {n: lease.data for n, lease in svc.leases.items()})
 
 
 def renders_without_kv(svc: ServiceSettings) -> bool:

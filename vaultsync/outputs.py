@@ -22,7 +22,7 @@ from vaultsync.config import Destination, ExecSettings, ServiceSettings
 from vaultsync.errors import VaultsyncError
 from vaultsync.hookrunner import HookRunner
 from vaultsync.logging import get_logger
-from vaultsync.safefs import resolve_owner
+from vaultsync.safefs import check_trusted_program, read_trusted_text, resolve_owner
 
 log = get_logger("vaultsync.daemon")
 
@@ -55,8 +55,7 @@ def write_destination(dest: Destination, values: Mapping[str, str], *, service: 
         template = None
         if dest.style == "template":
             assert dest.template is not None
-            with open(dest.template, encoding="utf-8") as f:
-                template = f.read()
+            template = read_trusted_text(dest.template, "template")  # owned by root or us, writable by no one else
         left_out: list[str] = []
         text = formats.render(dest.style, dict(values), template=template, destination=dest.path,
                               template_name=dest.template, warn=left_out.append)
@@ -90,6 +89,7 @@ class EnvFileOutput:
         service, dest = self.service, self.dest
         try:
             if dest.command:
+                check_trusted_program(dest.command[0], render.DEFAULT_HOOK_ENV["PATH"])  # else UnsafePath: "hook failed"
                 result = render.run_command(dest.command, timeout=dest.command_timeout,
                                             cancel=self.hooks.cancel if self.hooks else None)
                 ok = result.ok

@@ -17,12 +17,14 @@ import errno
 import grp
 import os
 import pwd
+import shutil
 import stat
 from collections import deque
 
 from vaultsync.errors import VaultsyncError
 
-__all__ = ["UnsafePath", "open_folder", "default_owner", "resolve_owner", "read_trusted_file"]
+__all__ = ["UnsafePath", "open_folder", "default_owner", "resolve_owner", "read_trusted_file", "check_trusted_program",
+           "read_trusted_text"]
 
 _MAX_SYMLINKS = 40  # as the kernel's own limit
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -178,3 +180,56 @@ def check_trusted_file(fd: int, shown: str) -> os.stat_result:
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise UnsafePath(f"{shown} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})")
     return st
+
+
+def check_trusted_program(program: str, search_path: str, *, _links: int = 0) -> None:
+    """A hook program runs as vaultsync's user (often root): whoever can replace it runs code as
+    that user. Refused (UnsafePath) unless it, every symlink to it and every folder on the way
+    are owned by root or vaultsync's user and writable by no one else, as for pid files. A name
+    without a slash is looked up on ``search_path`` (the hooks' PATH); a program that is not
+    found is left to the run, which reports it."""
+    found = program if "/" in program else shutil.which(program, path=search_path)
+    if found is None:
+        return
+    path = os.path.abspath(found)
+    try:
+        folder = open_folder(os.path.dirname(path), owner=default_owner())
+    except FileNotFoundError:
+        return
+    except UnsafePath as exc:
+        raise UnsafePath(f"hook program {path}: {exc}; refusing to run it") from None
+    try:
+        try:
+            fd = os.open(os.path.basename(path), os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+        except FileNotFoundError:
+            return
+        try:
+            if stat.S_ISLNK(os.fstat(fd).st_mode):
+                if _links >= _MAX_SYMLINKS:
+                    raise UnsafePath(f"hook program {program}: too many symlinks")
+                try:
+                    target = _trusted_link(folder, os.path.basename(path), path, {0, os.geteuid()})
+                except UnsafePath as exc:
+                    raise UnsafePath(f"hook program {exc}; refusing to run it") from None
+                check_trusted_program(os.path.join(os.path.dirname(path), target), search_path, _links=_links + 1)
+                return
+            try:
+                check_trusted_file(fd, path)
+            except UnsafePath as exc:
+                raise UnsafePath(f"hook program {exc}; refusing to run it") from None
+        finally:
+            os.close(fd)
+    finally:
+        os.close(folder)
+
+
+def read_trusted_text(path: str | os.PathLike[str], what: str, *, limit: int = 1 << 20) -> str:
+    """A file that decides what a secret file holds (a template), read as :func:`read_trusted_file`
+    does: whoever could edit it could have the secrets rendered anywhere they can read."""
+    try:
+        data = read_trusted_file(path, limit=limit + 1)
+    except UnsafePath as exc:
+        raise UnsafePath(f"{what} {exc}; refusing to use it") from None
+    if len(data) > limit:
+        raise UnsafePath(f"{what} {os.fspath(path)} is larger than {limit} bytes")
+    return data.decode("utf-8")
