@@ -148,7 +148,8 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
     """
     from vaultsync import migrate as m
     from vaultsync.connection import preflight
-    from vaultsync.vault import KV, detect_kv_version, make_client
+    from vaultsync.migrate_notes import rotated_keys
+    from vaultsync.vault import KV, resolve_kv_version, make_client
 
     try:
         deadline_at = time.monotonic() + leases.parse_duration(deadline)
@@ -178,10 +179,10 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
     if not client.token:
         raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), vault.token_file, or `vault login` (~/.vault-token)")
     preflight(client)
-    version = s.kv.version or detect_kv_version(client, s.kv.mount)
+    version = resolve_kv_version(client, s.kv.mount, s.kv.version)
     kv = KV(client, s.kv.mount, version)
     with tracing.span("vaultsync.migrate.plan", mount=kv.mount, kv_version=version, secrets=len(targets)) as sp:
-        the_plan = m.plan(kv, targets, prune=prune, concurrency=s.migrate.concurrency)
+        the_plan = m.plan(kv, targets, prune=prune, concurrency=s.migrate.concurrency, keep=rotated_keys(s))
         tracing.set_attributes(sp, writes=len(the_plan.writes))
     if output == "text":
         click.echo(m.plan_as_text(the_plan, verbose=verbose))
@@ -236,7 +237,7 @@ def export_cmd(state: State, secret_path: str, style: str, out_file: str | None,
     Exit codes: 0 done, 1 no such secret, a server or write error, 2 a key or value the style cannot carry
     (or --out exists without --force)."""
     from vaultsync import export, render
-    from vaultsync.vault import KV, detect_kv_version, make_client
+    from vaultsync.vault import KV, resolve_kv_version, make_client
 
     if out_file and to_stdout:
         raise BadInput("give --out FILE or --stdout, not both")
@@ -248,7 +249,7 @@ def export_cmd(state: State, secret_path: str, style: str, out_file: str | None,
     client = make_client(s.vault)
     if not client.token:
         raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), or vault.token_file")
-    kv = KV(client, s.kv.mount, s.kv.version or detect_kv_version(client, s.kv.mount))
+    kv = KV(client, s.kv.mount, resolve_kv_version(client, s.kv.mount, s.kv.version))
     text = export.export_text(kv, secret_path, style=style, warn=lambda msg: click.echo(f"warning: {msg}", err=True))
     if out_file:
         try:
@@ -307,11 +308,11 @@ def _print_outcome(outcome: Any, mount: str, planned: int) -> None:
 
 
 def _kv_for_policies(client: Any, s: config.Settings) -> Any:
-    from vaultsync.vault import KV, detect_kv_version
+    from vaultsync.vault import KV, resolve_kv_version
 
     if not s.services:  # generated policies (services', the daemon's) name KV paths
         return None
-    return KV(client, s.kv.mount, s.kv.version or detect_kv_version(client, s.kv.mount))
+    return KV(client, s.kv.mount, resolve_kv_version(client, s.kv.mount, s.kv.version))
 
 
 def _admin_client(s: config.Settings) -> Any:

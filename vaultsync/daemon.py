@@ -44,7 +44,7 @@ from vaultsync.hookrunner import HookRunner
 from vaultsync.logging import forget_secret, get_logger, register_secret
 from vaultsync.metrics import HealthServer, Metrics, read_status_token
 from vaultsync.safefs import resolve_owner
-from vaultsync.vault import KV, describe, detect_kv_version, make_client, renew_lease, revoke_lease
+from vaultsync.vault import KV, describe, resolve_kv_version, make_client, renew_lease, revoke_lease
 
 log = get_logger("vaultsync.daemon")
 
@@ -299,7 +299,7 @@ class Daemon(RecoveryMixin):
             return False
         s = self.settings
         try:
-            self.kv = KV(self.client, s.kv.mount, s.kv.version or detect_kv_version(self.client, s.kv.mount))
+            self.kv = KV(self.client, s.kv.mount, resolve_kv_version(self.client, s.kv.mount, s.kv.version))
         except ConfigError:
             raise
         except VaultError as exc:
@@ -569,6 +569,9 @@ class Daemon(RecoveryMixin):
             first_load, st.kv_loaded = not st.kv_loaded, True
         if secret.version:
             self.metrics.secret_version.labels(service, "kv").set(secret.version)
+        for key in rotation.missing_owned_keys(st.settings.rotate, secret.data) if changed else ():
+            log.error("rotated key missing from kv: regenerating it now", service=service, key=key)
+            self._at(f"rotate:{service}:{key}", self.clock(), self._rotate_job, service, key)
         if (changed or recovering or first_load) and not initial:
             log.info("kv secret changed", service=service, version=secret.version)
             if changed:
@@ -963,7 +966,7 @@ def render_once(settings: Settings, errors: dict[str, str] | None = None) -> dic
     d = Daemon(settings, serve_http=False)
     if not d._login():
         raise VaultError(f"login failed: {d.login_error}")
-    d.kv = KV(d.client, settings.kv.mount, settings.kv.version or detect_kv_version(d.client, settings.kv.mount))
+    d.kv = KV(d.client, settings.kv.mount, resolve_kv_version(d.client, settings.kv.mount, settings.kv.version))
     d._stop.set()  # no scheduler: nothing gets scheduled
     results: dict[str, dict[str, str]] = {}
     for svc in settings.services.values():
