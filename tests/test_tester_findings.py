@@ -141,3 +141,29 @@ def test_a_v2_write_landing_on_a_v1_mount_is_never_reported_as_not_written(vault
     kv = KV(vault_server.client(vault_server.token), kv1, 2)
     with pytest.raises(OutcomeUnknown, match="may have landed at .*/data/compose/pr"):
         kv.write("compose/pr", {"A": "1"}, cas=0)
+
+
+# --- 14: an encrypted client key -----------------------------------------------------------------------
+
+
+def test_an_encrypted_client_key_is_refused_without_a_prompt(vault_server, kv2, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.conftest import run_cli
+
+    assert vault_server.ca is not None, "needs the session's server-mode server"
+    issued = vault_server.ca.issue("vaultsync-client", client=True)
+    key = serialization.load_pem_private_key(Path(issued.key).read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted-key.pem"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"correct horse")))
+    encrypted.chmod(0o600)
+    env_file = tmp_path / "api" / ".env"
+    env_file.parent.mkdir()
+    env_file.write_text("A=1\n")
+    env = {**vault_server.env(tmp_path, vault_server.token), "VAULT_CLIENT_CERT": issued.cert,
+           "VAULT_CLIENT_KEY": str(encrypted)}
+    res = run_cli("migrate", "--mount", kv2, "--dry-run", str(env_file), env=env)
+    assert res.code == 2, res.output
+    assert f"{encrypted}: cannot read the client key (encrypted keys are not supported" in res.stderr
+    assert "pass phrase" not in res.output.lower() and "OSError" not in res.output
