@@ -167,3 +167,149 @@ def test_an_encrypted_client_key_is_refused_without_a_prompt(vault_server, kv2, 
     assert res.code == 2, res.output
     assert f"{encrypted}: cannot read the client key (encrypted keys are not supported" in res.stderr
     assert "pass phrase" not in res.output.lower() and "OSError" not in res.output
+
+
+# --- 6, 7, 11: `vaultsync render` ---------------------------------------------------------------------
+
+
+def _render_config(tmp_path: Path, kv: str, services: str) -> Path:
+    cfg = tmp_path / "vaultsync.toml"
+    cfg.write_text(f'[kv]\nmount = "{kv}"\nprefix = "compose"\n{services}')
+    return cfg
+
+
+def test_render_reports_each_hook_failure_and_exits_non_zero(kv2, root, cli, tmp_path):
+    import json
+
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"A": "1"}, mount_point=kv2)
+    cfg = _render_config(tmp_path, kv2, (
+        '[services.api]\n'
+        '[[services.api.destinations]]\npath = "missing.env"\ncommand = ["/nonexistent/reload"]\n'
+        '[[services.api.destinations]]\npath = "exit3.env"\ncommand = ["/bin/sh", "-c", "exit 3"]\n'
+        '[[services.api.destinations]]\npath = "ok.env"\ncommand = ["/bin/true"]\n'
+        '[[services.api.destinations]]\npath = "plain.env"\n'))
+    res = cli("--config", str(cfg), "render", cwd=tmp_path)
+    assert res.code == 4, res.output
+    lines = {line.split(": ")[1]: line for line in res.stdout.splitlines()}
+    assert "hook failed" in lines[str(tmp_path / "missing.env")] and "/nonexistent/reload" in lines[str(tmp_path / "missing.env")]
+    assert "hook failed: /bin/sh exited with 3" in lines[str(tmp_path / "exit3.env")]
+    assert lines[str(tmp_path / "ok.env")].endswith("success, hook ran")
+    assert lines[str(tmp_path / "plain.env")].endswith(": success")
+    for name in ("missing", "exit3", "ok", "plain"):
+        (tmp_path / f"{name}.env").unlink()
+    res = cli("--config", str(cfg), "render", "--output", "json", cwd=tmp_path)
+    assert res.code == 4
+    assert json.loads(res.stdout)["api"] == {str(tmp_path / "missing.env"): "hook_failure", str(tmp_path / "exit3.env"): "hook_failure",
+                                             str(tmp_path / "ok.env"): "success", str(tmp_path / "plain.env"): "success"}
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_render_without_a_config_says_so_like_the_daemon(output, cli, tmp_path):
+    empty = tmp_path / "cron-cwd"
+    empty.mkdir()
+    res = cli("render", "--output", output, cwd=empty)
+    assert res.code == 2 and "no [services.<name>] in the config: nothing to do" in res.stderr, res.output
+    assert res.stdout == ""
+
+
+def test_render_refuses_dynamic_secrets_unless_asked(kv2, root, cli, tmp_path):
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"A": "1"}, mount_point=kv2)
+    cfg = _render_config(tmp_path, kv2, '[services.api]\ndynamic = { db = "no-such-mount/creds/api" }\n'
+                                        '[[services.api.destinations]]\npath = "api.env"\n'
+                                        '[services.web]\n[[services.web.destinations]]\npath = "web.env"\n')
+    res = cli("--config", str(cfg), "render", cwd=tmp_path)
+    assert res.code == 2 and "service api has dynamic secrets" in res.stderr and "--allow-dynamic-leases" in res.stderr, res.output
+    assert not (tmp_path / "web.env").exists()  # refused before anything is rendered
+
+
+def _approle_tokens(root: hvac.Client, approle: str) -> int:
+    accessors = root.adapter.list("/v1/auth/token/accessors")["data"]["keys"]
+    count = 0
+    for accessor in accessors:
+        try:
+            info = root.adapter.post("/v1/auth/token/lookup-accessor", json={"accessor": accessor})["data"]
+        except hvac.exceptions.InvalidRequest:
+            continue  # expired meanwhile
+        count += info.get("path") == f"auth/{approle}/login"
+    return count
+
+
+def test_render_revokes_the_token_it_logged_in_for(kv2, root, cli, tmp_path):
+    approle = "approle-" + uuid.uuid4().hex[:8]
+    root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"A": "1"}, mount_point=kv2)
+    cfg = _render_config(tmp_path, kv2, f'[auth]\nmount = "{approle}"\n[services.web]\n[[services.web.destinations]]\npath = "web.env"\n')
+    assert cli("--config", str(cfg), "policies", "apply", str(tmp_path)).code == 0
+    creds = tmp_path / "creds"
+    assert cli("--config", str(cfg), "approle", "credentials", "web", "--out", str(creds)).code == 0
+    cfg.write_text(cfg.read_text().replace(
+        "[auth]\n", f'[auth]\nmethod = "approle"\nrole_name = "web"\nrole_id_file = "{creds / "role_id"}"\n'
+                    f'secret_id_file = "{creds / "secret_id"}"\n'))
+    for _ in range(2):
+        res = cli("--config", str(cfg), "render", cwd=tmp_path)
+        assert res.code == 0, res.output
+    assert (tmp_path / "web.env").exists()
+    assert _approle_tokens(root, approle) == 0
+
+
+# --- 17b: export's hint names export's own terms ---------------------------------------------------------
+
+
+def test_export_of_a_missing_secret_names_no_service_options(kv2, cli, tmp_path):
+    res = cli("export", "--mount", kv2, "--stdout", "compose/nope")
+    assert res.code == 1, res.output
+    assert f"secret {kv2}/compose/nope does not exist" in res.stderr
+    assert "kv_path" not in res.stderr and "optional" not in res.stderr and "service export" not in res.stderr
+
+
+# --- 17f: an already-unwrapped secret_id is reported, not retried ------------------------------------------
+
+
+def test_the_daemon_stops_on_an_already_unwrapped_secret_id(kv2, root, cli, tmp_path):
+    from tests.fixtures_servers import free_port
+
+    approle = "approle-" + uuid.uuid4().hex[:8]
+    root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"A": "1"}, mount_point=kv2)
+    cfg = _render_config(tmp_path, kv2, f'[auth]\nmount = "{approle}"\n[services.web]\n[[services.web.destinations]]\npath = "web.env"\n')
+    assert cli("--config", str(cfg), "policies", "apply", str(tmp_path)).code == 0
+    creds = tmp_path / "creds"
+    assert cli("--config", str(cfg), "approle", "credentials", "web", "--out", str(creds), "--wrap-ttl", "60s").code == 0
+    root.adapter.post("/v1/sys/wrapping/unwrap", json={"token": (creds / "secret_id").read_text().strip()})  # someone else
+    cfg.write_text(cfg.read_text().replace(
+        "[auth]\n", f'[auth]\nmethod = "approle"\nrole_name = "web"\nrole_id_file = "{creds / "role_id"}"\n'
+                    f'secret_id_file = "{creds / "secret_id"}"\nsecret_id_wrapped = true\n'))
+    res = cli("--config", str(cfg), "daemon", "--metrics-addr", f"127.0.0.1:{free_port()}", cwd=tmp_path)
+    assert res.code == 1, res.output
+    assert "already unwrapped" in res.stderr and "not retried" in res.stderr
+    assert "start-up failed, retrying" not in res.stderr and not (tmp_path / "web.env").exists()
+
+
+# --- 17d: an expired static token is blamed, not the policies ------------------------------------------------
+
+
+def test_blame_the_token_only_when_it_is_known_bad():
+    from vaultsync.recovery import blame_the_token
+
+    denied = "permission denied: read kv/compose/api (the token's policies do not grant 'read' on kv/data/compose/api)"
+    assert blame_the_token(denied, expires_at=None, now=100, token_problem=None) == denied
+    assert blame_the_token(denied, expires_at=200, now=100, token_problem=None) == denied
+    expired = blame_the_token(denied, expires_at=90, now=100, token_problem=None)
+    assert expired.startswith("permission denied: read kv/compose/api (the token expired 10s ago") and "policies do not" not in expired
+    assert "rejected the token itself: revoked" in blame_the_token(denied, expires_at=None, now=100, token_problem="revoked")
+    assert blame_the_token("kv down", expires_at=90, now=100, token_problem="x") == "kv down"
+
+
+def test_the_daemon_says_its_static_token_expired(kv2, root, vault_server, tmp_path):
+    from tests.daemon_harness import DaemonProc, daemon_env, wait_for
+
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"A": "1"}, mount_point=kv2)
+    token = root.auth.token.create(policies=["root"], ttl="8s", renewable=False)["auth"]["client_token"]
+    cfg = tmp_path / "vaultsync.toml"
+    cfg.write_text(f'[kv]\nmount = "{kv2}"\nprefix = "compose"\n[daemon]\npoll_interval = "1s"\n'
+                   '[services.api]\n[[services.api.destinations]]\npath = "api.env"\n')
+    d = DaemonProc(cfg, daemon_env(vault_server, token, tmp_path), tmp_path, name="expired").start()
+    try:
+        failures = wait_for(lambda: [e for e in d.events() if e.get("event") == "kv read failed"], 60,
+                            "a kv read refused after the token expired")
+    finally:
+        d.stop()
+    assert "the token expired" in failures[0]["error"] and "policies do not grant" not in failures[0]["error"], failures[0]

@@ -444,28 +444,24 @@ def daemon(state: State, metrics_addr: str | None) -> None:
 
 @main.command("render", context_settings=CONTEXT)
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--allow-dynamic-leases", is_flag=True,
+              help="Render services with dynamic secrets too: each run issues new leases nobody renews or revokes.")
 @click.pass_obj
 @handle_errors
-def render_cmd(state: State, output: str) -> None:
+def render_cmd(state: State, output: str, allow_dynamic_leases: bool) -> None:
     """Render every destination once (for cron or CI) and run hooks for files that changed.
 
-    Exit 1 if any destination failed (the others are still rendered)."""
-    from vaultsync.daemon import render_once
+    Exit 1 if any destination failed (the others are still rendered), 4 if every file was
+    rendered but a hook failed, 2 for a config without services or with dynamic secrets
+    (unless --allow-dynamic-leases)."""
+    from vaultsync import oneshot
 
-    errors: dict[str, str] = {}
-    with tracing.span("vaultsync.render") as sp:
-        results = render_once(state.settings(), errors)
-        tracing.set_attributes(sp, services=len(results), failures=sum(r == "failure" for d in results.values() for r in d.values()))
-    if output == "json":
-        click.echo(json.dumps(results, indent=2))
-    else:
-        for service, dests in results.items():
-            for path, result in dests.items():
-                click.echo(f"{service}: {path}: {result}")
-    for message in errors.values():
+    report = oneshot.render_all(state.settings(), allow_dynamic=allow_dynamic_leases)
+    click.echo(json.dumps(report.as_dict(), indent=2) if output == "json" else "\n".join(report.as_lines()))
+    for message in report.errors.values():
         click.echo(f"error: {vlog.scrub(message)}", err=True)
-    if errors or any(r in ("failure", "source_missing") for dests in results.values() for r in dests.values()):
-        sys.exit(1)
+    if report.exit_code:
+        sys.exit(report.exit_code)
 
 
 @main.command(context_settings=CONTEXT)

@@ -144,6 +144,8 @@ class _Scheduler(BackgroundScheduler):
 
 
 class Daemon(RecoveryMixin):
+    security_refusal: str | None = None  # why the last login was refused as a security event (auth.SecurityError)
+
     def __init__(
         self,
         settings: Settings,
@@ -276,6 +278,9 @@ class Daemon(RecoveryMixin):
         while not self._stop.is_set():
             if self._connect():
                 break
+            if self.security_refusal is not None:  # a consumed or foreign wrapping token: a retry cannot help
+                raise auth.SecurityError(f"login refused: {self.security_refusal} (not retried: deliver new credentials "
+                                         "and start the daemon again)")
             delay = leases.backoff_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
             attempt += 1
             log.warning("start-up failed, retrying", retry_in=round(delay, 2))
@@ -373,7 +378,7 @@ class Daemon(RecoveryMixin):
         except auth.SecurityError as exc:
             self.metrics.logins.labels(method, "failure").inc()
             log.error("login refused: security", error=str(exc))
-            self.login_error = str(exc)
+            self.login_error = self.security_refusal = str(exc)
             return False
         except Exception as exc:  # noqa: BLE001
             err = exc if isinstance(exc, VaultsyncError) else describe(exc, f"{method} login")
@@ -481,6 +486,9 @@ class Daemon(RecoveryMixin):
         self._at("token", self.clock() + delay, self._relogin, why)
         return False
 
+    def _blame_token(self, error: str) -> str:
+        return recovery.blame_the_token(error, expires_at=self.token.expires_at, now=self.clock(), token_problem=self.token_problem)
+
     def _tell_static_token(self, why: str) -> None:
         """Once: logging in again gave no new token. (A token_file that an agent rewrites does give
         one, and then there is nothing to say.)"""
@@ -546,7 +554,7 @@ class Daemon(RecoveryMixin):
             st.kv_attempt += 1
             # Back off beyond the poll interval while the server fails, up to the cap.
             delay = max(leases.backoff_delay(st.kv_attempt - 1, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng), self.settings.daemon.poll_interval)
-            log.warning("kv read failed", service=service, error=str(exc), retry_in=round(delay, 2))
+            log.warning("kv read failed", service=service, error=self._blame_token(str(exc)), retry_in=round(delay, 2))
             self._at(f"kv:{service}", self.clock() + delay, self._kv_job, service)
             return
         recovering = st.kv_attempt > 0
@@ -600,7 +608,7 @@ class Daemon(RecoveryMixin):
             delay = self._retry_delay(attempt, old.expires_at if old else None)
             if delay is None:  # the old lease is gone already: keep trying, backed off
                 delay = leases.backoff_delay(attempt, BACKOFF_BASE, BACKOFF_CAP, rng=self.rng)
-            log.warning("dynamic secret read failed", service=service, secret=name, error=str(err), retry_in=round(delay, 2))
+            log.warning("dynamic secret read failed", service=service, secret=name, error=self._blame_token(str(err)), retry_in=round(delay, 2))
             self._at(f"lease:{service}:{name}", self.clock() + delay, self._reissue, service, name)
             return False
         if gen != self._login_gen or self.services.get(service) is not st:
