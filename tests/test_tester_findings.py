@@ -313,3 +313,25 @@ def test_the_daemon_says_its_static_token_expired(kv2, root, vault_server, tmp_p
     finally:
         d.stop()
     assert "the token expired" in failures[0]["error"] and "policies do not grant" not in failures[0]["error"], failures[0]
+
+
+def test_the_daemon_regenerates_a_rotated_key_deleted_from_kv(kv2, root, vault_server, tmp_path):
+    """Finding 3, daemon side: a key it owns that disappears is regenerated at once (and said so),
+    not left out of the env file until `every` has passed."""
+    from tests.daemon_harness import DaemonProc, daemon_env, wait_for
+
+    root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"STATIC": "s"}, mount_point=kv2)
+    cfg = tmp_path / "vaultsync.toml"
+    cfg.write_text(f'[kv]\nmount = "{kv2}"\nprefix = "compose"\n[daemon]\npoll_interval = "1s"\n'
+                   '[services.api]\n[[services.api.destinations]]\npath = "api.env"\n'
+                   '[[services.api.rotate]]\nkey = "SESSION"\ngenerator = "hex"\nlength = 16\nevery = "1h"\n')
+    d = DaemonProc(cfg, daemon_env(vault_server, vault_server.token, tmp_path), tmp_path, name="regen").start()
+    try:
+        first = wait_for(lambda: kv2_data(root, kv2, "compose/api").get("SESSION"), 60, "the first rotation")
+        root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"STATIC": "s"}, mount_point=kv2)
+        again = wait_for(lambda: kv2_data(root, kv2, "compose/api").get("SESSION"), 60, f"SESSION regenerated ({d.tail()})")
+        wait_for(lambda: f"SESSION='{again}'" in (tmp_path / "api.env").read_text(), 30, "the new key rendered")
+        missing = [e for e in d.events() if e.get("event") == "rotated key missing from kv: regenerating it now"]
+    finally:
+        d.stop()
+    assert again != first and missing and missing[0]["key"] == "SESSION" and missing[0]["level"] == "error"
