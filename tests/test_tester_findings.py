@@ -313,6 +313,7 @@ def test_the_daemon_says_its_static_token_expired(kv2, root, vault_server, tmp_p
     finally:
         d.stop()
     assert "the token expired" in failures[0]["error"] and "policies do not grant" not in failures[0]["error"], failures[0]
+    assert not [e for e in d.events() if e.get("event") == "logging in again"]  # it cannot log in: a static token
 
 
 def test_the_daemon_regenerates_a_rotated_key_deleted_from_kv(kv2, root, vault_server, tmp_path):

@@ -458,8 +458,8 @@ class Daemon(RecoveryMixin):
         self._schedule_token()
 
     def _relogin(self, why: str) -> bool:
-        if self.token_problem is None:
-            log.info("logging in again", reason=why)
+        if self.token_problem is None:  # a static token cannot be replaced by us: only read again (token_file)
+            log.info("logging in again" if self.settings.auth.method == "approle" else "reading the token again", reason=why)
         gen = self._login_gen
         troubled = self.token.login_attempt > 0 or self.token_problem is not None
         if self._login():
