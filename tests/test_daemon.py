@@ -508,7 +508,7 @@ def test_render_command_renders_the_other_services_when_one_fails(kv2, root, vau
     cfg = config(workdir, kv2, '[services.broken]\ndynamic = { db = "no-such-mount/creds/x" }\n'
                  '[[services.broken.destinations]]\npath = "broken.env"\n'
                  '[services.good]\n[[services.good.destinations]]\npath = "good.env"\n')
-    res = cli("--config", str(cfg), "render", "--output", "json", env={"VAULT_TOKEN": short_token(root)})
+    res = cli("--config", str(cfg), "render", "--allow-dynamic-leases", "--output", "json", env={"VAULT_TOKEN": short_token(root)})
     assert res.code == 1, res.output
     assert json.loads(res.stdout) == {"broken": {str(workdir / "broken.env"): "failure"}, "good": {str(workdir / "good.env"): "success"}}
     assert (workdir / "good.env").read_text() == HEADER + "A='1'\n" and not (workdir / "broken.env").exists()

@@ -160,7 +160,7 @@ def test_vaultsync_render_runs_with_only_the_generated_policy(layout, root, vaul
                    f'[services.api]\ndynamic = {{ db = "{db}/creds/api" }}\n'
                    '[[services.api.destinations]]\npath = "out/api.env"\n'
                    '[services.web]\n[[services.web.destinations]]\npath = "out/web.env"\n')
-    res = cli("--config", str(cfg), "render", env={"VAULT_TOKEN": token})
+    res = cli("--config", str(cfg), "render", "--allow-dynamic-leases", env={"VAULT_TOKEN": token})
     assert res.code == 0, res.output
     assert "DB_PASSWORD=" in (tmp_path / "out" / "api.env").read_text()
 

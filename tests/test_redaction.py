@@ -134,7 +134,7 @@ def test_every_style_through_a_failing_hook_leaks_no_canary_at_any_level(kv2, ro
         cfg = work / "vaultsync.toml"
         cfg.write_text(f'[kv]\nmount = "{kv2}"\nprefix = "compose"\n\n{body}')
         res = cli("--config", str(cfg), "--log-format", log_format, "--log-level", level, "render")
-        assert res.code == 0, res.stderr[-2000:]
+        assert res.code == 4, res.stderr[-2000:]  # every file rendered, every hook failed (exit 3)
         for style in styles:
             assert MARK in (work / f"leak-{style}.out").read_text()  # the hooks really had canaries to print
         assert _leaks(res.stdout + res.stderr) == [], (level, style, res.stderr[:3000])

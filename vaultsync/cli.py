@@ -212,7 +212,7 @@ def export_cmd(state: State, secret_path: str, style: str, out_file: str | None,
     Exit codes: 0 done, 1 no such secret, a server or write error, 2 a key or value the style cannot carry
     (or --out exists without --force)."""
     from vaultsync import export, render
-    from vaultsync.vault import KV, detect_kv_version, make_client
+    from vaultsync.vault import KV, resolve_kv_version, make_client
 
     if out_file and to_stdout:
         raise BadInput("give --out FILE or --stdout, not both")
@@ -224,7 +224,7 @@ def export_cmd(state: State, secret_path: str, style: str, out_file: str | None,
     client = make_client(s.vault)
     if not client.token:
         raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), or vault.token_file")
-    kv = KV(client, s.kv.mount, s.kv.version or detect_kv_version(client, s.kv.mount))
+    kv = KV(client, s.kv.mount, resolve_kv_version(client, s.kv.mount, s.kv.version))
     text = export.export_text(kv, secret_path, style=style, warn=lambda msg: click.echo(f"warning: {msg}", err=True))
     if out_file:
         try:
@@ -240,11 +240,11 @@ def export_cmd(state: State, secret_path: str, style: str, out_file: str | None,
 
 
 def _kv_for_policies(client: Any, s: config.Settings) -> Any:
-    from vaultsync.vault import KV, detect_kv_version
+    from vaultsync.vault import KV, resolve_kv_version
 
     if not s.services:  # generated policies (services', the daemon's) name KV paths
         return None
-    return KV(client, s.kv.mount, s.kv.version or detect_kv_version(client, s.kv.mount))
+    return KV(client, s.kv.mount, resolve_kv_version(client, s.kv.mount, s.kv.version))
 
 
 def _admin_client(s: config.Settings) -> Any:
@@ -422,28 +422,24 @@ def exec_cmd(state: State, service: str, command: tuple[str, ...], metrics_addr:
 
 @main.command("render", context_settings=CONTEXT)
 @output_option
+@click.option("--allow-dynamic-leases", is_flag=True,
+              help="Render services with dynamic secrets too: each run issues new leases nobody renews or revokes.")
 @click.pass_obj
 @handle_errors
-def render_cmd(state: State, output: str) -> None:
+def render_cmd(state: State, output: str, allow_dynamic_leases: bool) -> None:
     """Render every destination once (for cron or CI) and run hooks for files that changed.
 
-    Exit 1 if any destination failed (the others are still rendered)."""
-    from vaultsync.daemon import render_once
+    Exit 1 if any destination failed (the others are still rendered), 4 if every file was
+    rendered but a hook failed, 2 for a config without services or with dynamic secrets
+    (unless --allow-dynamic-leases)."""
+    from vaultsync import oneshot
 
-    errors: dict[str, str] = {}
-    with tracing.span("vaultsync.render") as sp:
-        results = render_once(state.settings(), errors)
-        tracing.set_attributes(sp, services=len(results), failures=sum(r == "failure" for d in results.values() for r in d.values()))
-    if output == "json":
-        click.echo(json.dumps(results, indent=2))
-    else:
-        for service, dests in results.items():
-            for path, result in dests.items():
-                click.echo(f"{service}: {path}: {result}")
-    for message in errors.values():
+    report = oneshot.render_all(state.settings(), allow_dynamic=allow_dynamic_leases)
+    click.echo(json.dumps(report.as_dict(), indent=2) if output == "json" else "\n".join(report.as_lines()))
+    for message in report.errors.values():
         click.echo(f"error: {vlog.scrub(message)}", err=True)
-    if errors or any(r in ("failure", "source_missing") for dests in results.values() for r in dests.values()):
-        sys.exit(1)
+    if report.exit_code:
+        sys.exit(report.exit_code)
 
 
 @main.command(context_settings=CONTEXT)

@@ -59,7 +59,8 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
     from vaultsync import migrate as m
     from vaultsync import plan_output as po
     from vaultsync.connection import preflight
-    from vaultsync.vault import KV, detect_kv_version, make_client
+    from vaultsync.migrate_notes import rotated_keys
+    from vaultsync.vault import KV, make_client, resolve_kv_version
 
     if detailed_exitcode and not dry_run:
         raise BadInput("--detailed-exitcode goes with --dry-run (it reports whether changes are pending)")
@@ -101,10 +102,10 @@ def migrate(state: State, env_files: tuple[str, ...], service: str | None, secre
     if not client.token:
         raise ConfigError("no token: set VAULT_TOKEN (or BAO_TOKEN), --token-file, vault.token_file, or `vault login` (~/.vault-token)")
     preflight(client)
-    version = s.kv.version or detect_kv_version(client, s.kv.mount)
+    version = resolve_kv_version(client, s.kv.mount, s.kv.version)
     kv = KV(client, s.kv.mount, version)
     with tracing.span("vaultsync.migrate.plan", mount=kv.mount, kv_version=version, secrets=len(targets)) as sp:
-        the_plan = m.plan(kv, targets, prune=prune, concurrency=s.migrate.concurrency)
+        the_plan = m.plan(kv, targets, prune=prune, concurrency=s.migrate.concurrency, keep=rotated_keys(s))
         tracing.set_attributes(sp, writes=len(the_plan.writes))
     if output == "text":
         click.echo(_for_terminal(po.migrate_text(the_plan, verbose=verbose, summary_only=summary_only)))

@@ -160,9 +160,20 @@ def _client_certificate(vault: VaultSettings) -> tuple[str, str] | None:
                           "(VAULT_CLIENT_CERT and VAULT_CLIENT_KEY)")
     _require_file(vault.client_cert, "client certificate (client_cert)")
     _require_file(vault.client_key, "client key (client_key)")
+    asked: list[bool] = []
+
+    def no_passphrase() -> bytes:
+        # Given a callback, OpenSSL asks it instead of prompting on the terminal (or failing with
+        # EINVAL without one); the TLS stack that opens the connections has no way to pass one.
+        asked.append(True)
+        return b""
+
     try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(vault.client_cert, vault.client_key)
-    except ssl.SSLError:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(vault.client_cert, vault.client_key, password=no_passphrase)
+    except (ssl.SSLError, OSError, ValueError):
+        if asked:
+            raise ConfigError(f"{vault.client_key}: cannot read the client key (encrypted keys are not supported: "
+                              "store it decrypted, mode 0600, e.g. `openssl pkey -in KEY -out KEY.plain`)") from None
         raise ConfigError(f"{vault.client_cert}, {vault.client_key}: not a PEM certificate and its matching key") from None
     return vault.client_cert, vault.client_key
 

@@ -27,29 +27,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
-from vaultsync import __version__, auth_methods, config, config_checks, events, recovery, tracing
+from vaultsync import __version__, auth, auth_methods, config, config_checks, events, recovery
 from vaultsync.config import ServiceSettings, Settings
 from vaultsync.daemon_leases import LeaseMixin
 from vaultsync.daemon_recovery import RecoveryMixin
 from vaultsync.daemon_services import ServiceMixin, destination_problem
-from vaultsync.daemon_state import (  # noqa: F401 - Lease, TokenInfo, service_values: re-exported
-    DestinationState,
-    Lease,
-    ServiceState,
-    TokenInfo,
-    renders_without_kv,
-    service_values,
-)
+from vaultsync.daemon_state import Lease, ServiceState, TokenInfo, service_values  # noqa: F401 - re-exported
 from vaultsync.daemon_token import TokenMixin
-from vaultsync.errors import ConfigError, SourceMissing, VaultError, VaultsyncError
+from vaultsync.errors import ConfigError, VaultError, VaultsyncError
 from vaultsync.hookrunner import HookRunner
 from vaultsync.jobs import JobKey, JobsMixin, Kind, _Scheduler  # noqa: F401 - _Scheduler: re-exported
 from vaultsync.lifetime import BACKOFF_BASE, BACKOFF_CAP, Backoff, Lifetime
 from vaultsync.logging import get_logger
 from vaultsync.metrics import HealthServer, Metrics, read_status_token
-from vaultsync.outputs import EnvFileOutput, ExecOutput
+from vaultsync.outputs import ExecOutput
 from vaultsync.outputs import RenderOutcome, write_destination  # noqa: F401 - re-exported for callers and tests
-from vaultsync.vault import KV, describe, detect_kv_version, make_client
+from vaultsync.vault import KV, describe, make_client, resolve_kv_version
 
 log = get_logger("vaultsync.daemon")
 
@@ -145,6 +138,9 @@ class Daemon(TokenMixin, LeaseMixin, ServiceMixin, RecoveryMixin, JobsMixin):
         while not self._stop.is_set():
             if self._connect():
                 break
+            if self.security_refusal is not None:  # a consumed or foreign wrapping token: a retry cannot help
+                raise auth.SecurityError(f"login refused: {self.security_refusal} (not retried: deliver new credentials "
+                                         "and start the daemon again)")
             delay = connects.failed(self.rng)
             log.warning("start-up failed, retrying", retry_in=round(delay, 2))
             self._stop.wait(delay)
@@ -167,7 +163,7 @@ class Daemon(TokenMixin, LeaseMixin, ServiceMixin, RecoveryMixin, JobsMixin):
             return False
         s = self.settings
         try:
-            self.kv = KV(self.client, s.kv.mount, s.kv.version or detect_kv_version(self.client, s.kv.mount))
+            self.kv = KV(self.client, s.kv.mount, resolve_kv_version(self.client, s.kv.mount, s.kv.version))
         except ConfigError:
             raise
         except VaultError as exc:
@@ -324,53 +320,3 @@ class Daemon(TokenMixin, LeaseMixin, ServiceMixin, RecoveryMixin, JobsMixin):
                 },
             }
         return out
-
-
-# --- one destination, no scheduler (also `vaultsync render`) -----------------------------------
-
-
-def render_once(settings: Settings, errors: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
-    """`vaultsync render`: log in, read each service's secrets once, render every destination,
-    run hooks for files that changed. Returns {service: {destination: result}}; ``errors``, if
-    given, gets {service: message} for services that failed before rendering (e.g. SourceMissing).
-    Dynamic secrets are issued fresh each run (their leases are left to expire)."""
-    d = Daemon(settings, serve_http=False)
-    if not d._login():
-        raise VaultError(f"login failed: {d.login_error}")
-    d.kv = KV(d.client, settings.kv.mount, settings.kv.version or detect_kv_version(d.client, settings.kv.mount))
-    d._stop.set()  # no scheduler: nothing gets scheduled
-    results: dict[str, dict[str, str]] = {}
-    for svc in settings.services.values():
-        st = ServiceState(settings=svc, destinations={dd.path: DestinationState() for dd in svc.destinations},
-                          outputs={dd.path: EnvFileOutput(svc.name, dd, d.hooks, lambda ok, dd=dd, n=svc.name: d._hook_done(n, dd, ok))
-                                   for dd in svc.destinations})
-        d.services[svc.name] = st
-        assert d.kv is not None
-        try:
-            secret = d.kv.read(svc.kv_path)
-            if secret.data is None and not renders_without_kv(svc):
-                # Deleted, destroyed or never written: never blank a file over it (on_delete = "empty" does).
-                missing = SourceMissing(svc.name, f"{d.kv.mount}/{svc.kv_path}")
-                log.warning("kv secret missing: file left alone", service=svc.name, path=missing.path)
-                if errors is not None:
-                    errors[svc.name] = str(missing)
-                results[svc.name] = {dest.path: "source_missing" for dest in svc.destinations}
-                continue
-            st.kv_data, st.kv_version, st.kv_loaded = secret.data, secret.version, True
-            for name in svc.dynamic:
-                if not d._issue(svc.name, name, initial=True):
-                    raise VaultError(f"could not read dynamic secret {name!r} (see the log)")
-        except VaultsyncError as exc:  # this service fails; the others are still rendered
-            log.error("render failed", service=svc.name, error=str(exc))
-            if errors is not None:
-                errors[svc.name] = str(exc)
-            results[svc.name] = {dest.path: "failure" for dest in svc.destinations}
-            continue
-        for dest in svc.destinations:
-            with tracing.span("vaultsync.render.destination", service=svc.name, destination=dest.name) as sp:
-                d._render_one(svc.name, dest.path, "render command")
-                tracing.set_attributes(sp, result=st.destinations[dest.path].last_result)
-        results[svc.name] = {dest.path: st.destinations[dest.path].last_result for dest in svc.destinations}
-    d.hooks.drain()  # a one-shot run ends after the hooks of the files it changed
-    d.hooks.shutdown()
-    return results

@@ -57,7 +57,8 @@ class LeaseMixin:
             # Never past the old lease's expiry while it lives; once it is gone, keep trying, backed off.
             delay = st.issues.setdefault(name, Backoff()).failed(self.rng, now=now, expires_at=old.life.expires_at if alive else None)
             assert delay is not None
-            log.warning("dynamic secret read failed", service=service, secret=name, error=str(err), retry_in=round(delay, 2))
+            log.warning("dynamic secret read failed", service=service, secret=name, error=self._blame_token(str(err)),
+                        retry_in=round(delay, 2))
             self._at(JobKey(Kind.LEASE, service, name), self.clock() + delay, self._reissue, service, name)
             return False
         if gen != self._login_gen or self.services.get(service) is not st:

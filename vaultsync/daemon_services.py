@@ -99,7 +99,7 @@ class ServiceMixin:
         except VaultError as exc:
             # Back off beyond the poll interval while the server fails, up to the cap.
             delay = st.kv_reads.failed(self.rng, floor=self.settings.daemon.poll_interval)
-            log.warning("kv read failed", service=service, error=str(exc), retry_in=round(delay, 2))
+            log.warning("kv read failed", service=service, error=self._blame_token(str(exc)), retry_in=round(delay, 2))
             self._at(JobKey(Kind.KV, service), self.clock() + delay, self._kv_job, service)
             return
         recovering = st.kv_reads.succeeded()
@@ -121,6 +121,9 @@ class ServiceMixin:
             first_load, st.kv_loaded = not st.kv_loaded, True
         if secret.version:
             self.metrics.secret_version.labels(service, "kv").set(secret.version)
+        for key in rotation.missing_owned_keys(st.settings.rotate, secret.data) if changed else ():
+            log.error("rotated key missing from kv: regenerating it now", service=service, key=key)
+            self._at(JobKey(Kind.ROTATE, service, key), self.clock(), self._rotate_job, service, key)
         if (changed or recovering or first_load) and not initial:
             if changed or first_load:  # after an outage the same version is re-checked, not "changed"
                 log.info("kv secret changed", service=service, version=secret.version)

@@ -32,6 +32,7 @@ class TokenMixin:
     events: Any
     services: dict[str, Any]
     login_error: str | None
+    security_refusal: str | None = None  # why the last login was refused as a security event (auth.SecurityError)
     token_problem: str | None
     _login_gen: int
     _static_token_told: bool
@@ -50,7 +51,7 @@ class TokenMixin:
         except auth.SecurityError as exc:
             self.metrics.logins.labels(method, "failure").inc()
             log.error("login refused: security", error=str(exc))
-            self.login_error = str(exc)
+            self.login_error = self.security_refusal = str(exc)
             return False
         except Exception as exc:  # noqa: BLE001
             err = exc if isinstance(exc, VaultsyncError) else describe(exc, f"{method} login")
@@ -120,8 +121,8 @@ class TokenMixin:
         self._schedule_token()
 
     def _relogin(self, why: str) -> bool:
-        if self.token_problem is None:
-            log.info("logging in again", reason=why)
+        if self.token_problem is None:  # a static token cannot be replaced by us: only read again (token_file)
+            log.info("logging in again" if self.settings.auth.method == "approle" else "reading the token again", reason=why)
         gen = self._login_gen
         troubled = self.token.logins.failing or self.token_problem is not None
         if self._login():
@@ -145,6 +146,10 @@ class TokenMixin:
             log.warning("login failed, retrying", retry_in=round(delay, 2))
         self._at(JobKey(Kind.TOKEN), self.clock() + delay, self._relogin, why)
         return False
+
+    def _blame_token(self, error: str) -> str:
+        return recovery.blame_the_token(error, expires_at=self.token.life.expires_at, now=self.clock(),
+                                        token_problem=self.token_problem)
 
     def _tell_static_token(self, why: str) -> None:
         """Once: logging in again gave no new token. (A token_file that an agent rewrites does give

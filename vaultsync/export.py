@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from vaultsync import formats
-from vaultsync.vault import KV, read_source
+from vaultsync.errors import VaultsyncError
+from vaultsync.vault import KV
 
 
 def as_env_values(data: dict[str, Any]) -> dict[str, str]:
@@ -20,7 +21,11 @@ def as_env_values(data: dict[str, Any]) -> dict[str, str]:
 
 
 def export_text(kv: KV, path: str, *, style: str, warn: Callable[[str], None] | None = None) -> str:
-    """The text of ``path``'s secret in ``style``; raises SourceMissing if there is none,
+    """The text of ``path``'s secret in ``style``; raises VaultsyncError if there is none,
     FormatError if the style cannot carry a key or value."""
-    secret = read_source(kv, path, service="export")
+    secret = kv.read(path)
+    if secret.data is None:
+        # Not SourceMissing: its hint (kv_path, optional = true) is about a daemon's service.
+        raise VaultsyncError(f"secret {kv.mount}/{secret.path} does not exist (PATH is relative to the mount, "
+                             f"e.g. compose/web; --mount names another mount)")
     return formats.render(style, as_env_values(secret.data or {}), destination=f"{kv.mount}/{secret.path}", warn=warn)

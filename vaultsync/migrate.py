@@ -23,6 +23,7 @@ from typing import Any
 from vaultsync import envfile
 from vaultsync.config import SourceSpec
 from vaultsync.errors import BadInput, Conflict, OutcomeUnknown, Unreachable, VaultsyncError
+from vaultsync.migrate_notes import explain
 from vaultsync.vault import KV, Secret, normalize_path
 
 ADDED, CHANGED, UNCHANGED, ONLY_IN_VAULT, REMOVED = "added", "changed", "unchanged", "only_in_vault", "removed"
@@ -43,6 +44,7 @@ class KeyChange:
     status: str
     old: str | None = None  # fingerprints, never values
     new: str | None = None
+    kept_because: str = ""  # why --prune keeps a key only in Vault (the daemon rotates it)
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ def build_targets(
         if size > max_secret_bytes:
             raise BadInput(
                 f"secret {t.path} would be {size} bytes, over the {max_secret_bytes}-byte limit "
-                "(KV storage refuses large entries); split it with [migrate.sources] split = {{...}}"
+                "(KV storage refuses large entries); split it with [migrate.sources] split = {...}"
             )
     return targets
 
@@ -192,24 +194,29 @@ class Fingerprinter:
         return hashlib.blake2b(text.encode(), key=self._salt, digest_size=4).hexdigest()
 
 
-def diff(current: Mapping[str, Any] | None, wanted: Mapping[str, str], *, prune: bool, fp: Fingerprinter) -> tuple[list[KeyChange], dict[str, Any]]:
-    """Key-level changes and the merged data to write."""
+def diff(current: Mapping[str, Any] | None, wanted: Mapping[str, str], *, prune: bool, fp: Fingerprinter,
+         keep: Mapping[str, str] | None = None) -> tuple[list[KeyChange], dict[str, Any]]:
+    """Key-level changes and the merged data to write. ``keep``: keys --prune never removes
+    (key -> why), the keys the daemon rotates."""
     current = current or {}
+    keep = keep or {}
     changes: list[KeyChange] = []
     for key in sorted(set(current) | set(wanted)):
         if key not in current:
             changes.append(KeyChange(key, ADDED, new=fp(wanted[key])))
         elif key not in wanted:
-            changes.append(KeyChange(key, REMOVED if prune else ONLY_IN_VAULT, old=fp(current[key])))
+            kept = keep.get(key, "") if prune else ""
+            changes.append(KeyChange(key, REMOVED if prune and not kept else ONLY_IN_VAULT, old=fp(current[key]), kept_because=kept))
         elif current[key] != wanted[key]:
             changes.append(KeyChange(key, CHANGED, old=fp(current[key]), new=fp(wanted[key])))
         else:
             changes.append(KeyChange(key, UNCHANGED, old=fp(current[key]), new=fp(wanted[key])))
-    merged = dict(wanted) if prune else {**current, **wanted}
+    merged = {**{k: v for k, v in current.items() if k in keep}, **wanted} if prune else {**current, **wanted}
     return changes, merged
 
 
-def plan(kv: KV, targets: Iterable[Target], *, prune: bool = False, concurrency: int = 8, fp: Fingerprinter | None = None) -> Plan:
+def plan(kv: KV, targets: Iterable[Target], *, prune: bool = False, concurrency: int = 8, fp: Fingerprinter | None = None,
+         keep: Mapping[str, Mapping[str, str]] | None = None) -> Plan:
     """Read what Vault holds for each target and diff it.
 
     One LIST per parent folder finds which targets exist at all; those that do not
@@ -229,7 +236,7 @@ def plan(kv: KV, targets: Iterable[Target], *, prune: bool = False, concurrency:
         currents = list(pool.map(current, targets))
     plans = []
     for target, current in zip(targets, currents):
-        changes, desired = diff(current.data, target.data, prune=prune, fp=fp)
+        changes, desired = diff(current.data, target.data, prune=prune, fp=fp, keep=(keep or {}).get(target.path))
         plans.append(SecretPlan(target, current, tuple(changes), desired))
     return Plan(kv.mount, kv.version, tuple(plans), prune)
 
@@ -318,8 +325,8 @@ def plan_as_text(p: Plan, *, verbose: bool = False) -> str:
         for c in sp.changes:
             if c.status == UNCHANGED and not verbose:
                 continue
-            fps = {ADDED: f"{c.new}", CHANGED: f"{c.old} -> {c.new}", REMOVED: f"{c.old}", ONLY_IN_VAULT: f"{c.old} (kept; --prune removes)", UNCHANGED: f"{c.old}"}[c.status]
-            lines.append(f"    {_SIGN[c.status]} {c.key}  [{fps}]")
+            fps = {ADDED: f"{c.new}", CHANGED: f"{c.old} -> {c.new}", REMOVED: f"{c.old}", ONLY_IN_VAULT: f"{c.old} (kept; --prune removes)" if not c.kept_because else f"{c.old} (kept: {c.kept_because})", UNCHANGED: f"{c.old}"}[c.status]
+            lines.append(f"    {_SIGN[c.status]} {c.key}  [{fps}]{explain(c)}")
     lines.append(f"{len(p.writes)} of {len(p.secrets)} secrets to write.")
     return "\n".join(lines)
 
@@ -335,7 +342,7 @@ def plan_as_dict(p: Plan) -> dict[str, Any]:
                 "exists": sp.current.exists,
                 "version": sp.current.version,
                 "write": sp.needs_write,
-                "keys": [{"key": c.key, "status": c.status, "old": c.old, "new": c.new} for c in sp.changes],
+                "keys": [{"key": c.key, "status": c.status, "old": c.old, "new": c.new, **({"kept_because": c.kept_because} if c.kept_because else {})} for c in sp.changes],
             }
             for sp in p.secrets
         ],

@@ -120,3 +120,17 @@ def missing_source_delay(attempt: int, poll_interval: float, rng: random.Random,
     ceiling = max(poll_interval, cap)
     delay = leases.backoff_delay(attempt, max(poll_interval, 0.5), max(ceiling, poll_interval), rng=rng)
     return max(poll_interval, min(delay, ceiling))
+
+
+def blame_the_token(error: str, *, expires_at: float | None, now: float, token_problem: str | None) -> str:
+    """A *permission denied* while our token is known to be expired or rejected is the token's
+    fault, not the policies': say so instead of "the token's policies do not grant ..."."""
+    if "permission denied" not in error.lower():
+        return error
+    action = error.split(" (the token's policies do not grant")[0].split(" (check the token's policies)")[0]
+    if expires_at is not None and expires_at <= now:
+        return (f"{action} (the token expired {max(0, round(now - expires_at))}s ago and the server refuses it: "
+                "give vaultsync a new token, not new policies)")
+    if token_problem:
+        return f"{action} (the server rejected the token itself: {token_problem})"
+    return error

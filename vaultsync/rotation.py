@@ -44,16 +44,27 @@ def lock_path(service: str, key: str) -> str:
     return f"{LOCK_PREFIX}/{service}/{key}"
 
 
+def key_missing(data: dict[str, Any] | None, key: str) -> bool:
+    """The secret exists but the key we own is gone (deleted by hand, ``migrate --prune`` from an
+    .env file that never had it): it is regenerated now, whatever the lock says of the last
+    rotation, since every render until then would drop it from the service's env file."""
+    return data is not None and key not in data
+
+
+def missing_owned_keys(specs: Any, data: dict[str, Any] | None) -> list[str]:
+    return sorted(spec.key for spec in specs if key_missing(data, spec.key))
+
+
 def rotate_if_due(kv: KV, service: str, secret_path: str, spec: RotateSpec, *, holder: str, now: float, lock_ttl: float) -> RotationResult:
     """Take the lock, rotate ``spec.key`` if ``spec.every`` has passed since the last
-    rotation (by any daemon), release the lock. Raises VaultError on server errors."""
+    rotation (by any daemon) or the key is missing from the secret, release the lock. Raises VaultError on server errors."""
     if kv.version != 2:
         raise ConfigError(f"rotation of {service}/{spec.key} needs KV v2 (check-and-set); mount {kv.mount!r} is KV v1")
     path = lock_path(service, spec.key)
     lock = kv.read(path)
     doc: dict[str, Any] = dict(lock.data or {})
     last = float(doc.get("last_rotated", 0) or 0)
-    if last and now - last < spec.every:
+    if last and now - last < spec.every and not key_missing(kv.read(secret_path).data, spec.key):
         return RotationResult("not_due", next_due=last + spec.every)
     if doc.get("holder") and doc.get("holder") != holder and float(doc.get("expires", 0)) > now:
         return RotationResult("locked", next_due=float(doc["expires"]))

@@ -146,6 +146,22 @@ def detect_kv_version(client: hvac.Client, mount: str) -> int:
     return 2 if version == "2" else 1
 
 
+def resolve_kv_version(client: hvac.Client, mount: str, configured: int | None) -> int:
+    """The KV version to use: ``configured`` (``--kv-version``, ``kv.version``) when the mount's
+    options cannot be read, else the mount's own, and a configured one that contradicts it is
+    refused (exit 2): a v2 write to a v1 mount lands as a junk secret under ``<mount>/data/``."""
+    if configured is None:
+        return detect_kv_version(client, mount)
+    try:
+        actual = detect_kv_version(client, mount)
+    except (ConfigError, VaultError):
+        return configured  # options unreadable (no access): trust the flag, as documented
+    if actual != configured:
+        raise ConfigError(f"mount {mount.strip('/')!r} is KV v{actual}, but the KV version given (--kv-version or "
+                          f"kv.version) is {configured}: drop it or give {actual}")
+    return actual
+
+
 class KV:
     """Read and write whole secrets on one KV mount (v1 or v2)."""
 
@@ -207,9 +223,17 @@ class KV:
                 if cas is not None:
                     body["options"] = {"cas": cas}
                 resp = self.client.adapter.post(f"/v1/{self.mount}/data/{url}", json=body)
-                return int(resp["data"]["version"])
+                version = ((resp or {}).get("data") or {}).get("version") if isinstance(resp, dict) else None
+                if version is None:
+                    # Accepted, but not answered as KV v2 answers: a v1 mount stored it at data/<path>.
+                    raise OutcomeUnknown(f"write {self.mount}/{path}: the server accepted the write but did not answer "
+                                         f"as KV v2 does (is mount {self.mount!r} KV v1? then --kv-version 1); it may "
+                                         f"have landed at {self.mount}/data/{path}")
+                return int(version)
             self.client.adapter.post(f"/v1/{self.mount}/{url}", json=data)
             return 0
+        except OutcomeUnknown:
+            raise
         except hvac.exceptions.InvalidRequest as exc:
             if any("check-and-set" in str(e) for e in (exc.errors or [])):
                 raise Conflict(f"{self.mount}/{path} changed since it was read (check-and-set failed)") from None
