@@ -184,14 +184,15 @@ def test_render_reports_each_hook_failure_and_exits_non_zero(kv2, root, cli, tmp
     root.secrets.kv.v2.create_or_update_secret(path="compose/api", secret={"A": "1"}, mount_point=kv2)
     cfg = _render_config(tmp_path, kv2, (
         '[services.api]\n'
-        '[[services.api.destinations]]\npath = "missing.env"\ncommand = ["/nonexistent/reload"]\n'
+        # (a bare name is looked up on the hooks' PATH when it runs; a missing absolute one is a config error)
+        '[[services.api.destinations]]\npath = "missing.env"\ncommand = ["vaultsync-no-such-reload"]\n'
         '[[services.api.destinations]]\npath = "exit3.env"\ncommand = ["/bin/sh", "-c", "exit 3"]\n'
         '[[services.api.destinations]]\npath = "ok.env"\ncommand = ["/bin/true"]\n'
         '[[services.api.destinations]]\npath = "plain.env"\n'))
     res = cli("--config", str(cfg), "render", cwd=tmp_path)
     assert res.code == 4, res.output
     lines = {line.split(": ")[1]: line for line in res.stdout.splitlines()}
-    assert "hook failed" in lines[str(tmp_path / "missing.env")] and "/nonexistent/reload" in lines[str(tmp_path / "missing.env")]
+    assert "hook failed" in lines[str(tmp_path / "missing.env")] and "vaultsync-no-such-reload" in lines[str(tmp_path / "missing.env")]
     assert "hook failed: /bin/sh exited with 3" in lines[str(tmp_path / "exit3.env")]
     assert lines[str(tmp_path / "ok.env")].endswith("success, hook ran")
     assert lines[str(tmp_path / "plain.env")].endswith(": success")
