@@ -31,8 +31,11 @@ MODULES: dict[str, list[str]] = {
     "migrate": ["tests/test_migrate.py"],
     "envfile": ["tests/test_envfile.py", "tests/test_migrate.py"],
     "rotation": ["tests/test_rotation.py"],
-    "logging": ["tests/test_logging.py"],
-    "formats": ["tests/test_formats.py"],
+    "logging": ["tests/test_logging.py", "tests/test_redaction.py"],
+    "formats": ["tests/test_formats.py", "tests/test_templates.py"],
+    "safefs": ["tests/test_safe_writes.py"],
+    "auth": ["tests/test_policies.py", "tests/test_daemon_policy.py"],
+    "policies": ["tests/test_policies.py", "tests/test_daemon_policy.py"],
     "render": ["tests/test_render.py"],
 }
 CHILDREN = os.environ.get("MUTATION_JOBS", "2")  # the CI/dev machine has two shared cores
@@ -77,6 +80,8 @@ def run(module: str) -> tuple[int, int, dict[str, list[str]]]:
     configure(tree, module)
     mutmut = [sys.executable, "-m", "mutmut"]
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    # mutmut runs several pytest sessions at once: a fixed --basetemp would be cleared under the others' feet.
+    env["PYTEST_ADDOPTS"] = re.sub(r"--basetemp[= ]\S+", "", env.get("PYTEST_ADDOPTS", "")).strip()
     subprocess.run([*mutmut, "run", "--max-children", CHILDREN], cwd=tree, env=env, check=False)
     out = subprocess.run([*mutmut, "results", "--all", "true"], cwd=tree, env=env, capture_output=True, text=True).stdout
     by_status: dict[str, list[str]] = {}
