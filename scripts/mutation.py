@@ -34,8 +34,8 @@ MODULES: dict[str, list[str]] = {
     "logging": ["tests/test_logging.py", "tests/test_redaction.py"],
     "formats": ["tests/test_formats.py", "tests/test_templates.py"],
     "safefs": ["tests/test_safe_writes.py"],
-    "auth": ["tests/test_policies.py", "tests/test_daemon_policy.py"],
-    "policies": ["tests/test_policies.py", "tests/test_daemon_policy.py"],
+    "auth": ["tests/test_auth.py", "tests/test_policies.py"],
+    "policies": ["tests/test_policy_generation.py"],
     "render": ["tests/test_render.py"],
 }
 CHILDREN = os.environ.get("MUTATION_JOBS", "2")  # the CI/dev machine has two shared cores
