@@ -28,10 +28,10 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vaults
 # module -> the test files that exercise it in-process (in the order of priority of issue 17)
 MODULES: dict[str, list[str]] = {
     "leases": ["tests/test_leases.py"],
-    "migrate": ["tests/test_migrate.py"],
-    "envfile": ["tests/test_envfile.py", "tests/test_migrate.py"],
+    "migrate": ["tests/test_migrate_unit.py"],
+    "envfile": ["tests/test_envfile.py", "tests/test_migrate_unit.py"],
     "rotation": ["tests/test_rotation.py"],
-    "logging": ["tests/test_logging.py", "tests/test_redaction.py"],
+    "logging": ["tests/test_logging.py", "tests/test_redaction_unit.py"],
     "formats": ["tests/test_formats.py", "tests/test_templates.py"],
     "safefs": ["tests/test_safe_writes.py"],
     "auth": ["tests/test_auth.py", "tests/test_policies.py"],
