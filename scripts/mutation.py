@@ -32,7 +32,7 @@ MODULES: dict[str, list[str]] = {
     "envfile": ["tests/test_envfile.py", "tests/test_migrate_unit.py"],
     "rotation": ["tests/test_rotation.py"],
     "logging": ["tests/test_logging.py", "tests/test_redaction_unit.py"],
-    "formats": ["tests/test_formats.py", "tests/test_templates.py"],
+    "formats": ["tests/test_formats.py", "tests/test_formats_unit.py", "tests/test_templates.py"],
     "safefs": ["tests/test_safe_writes.py"],
     "auth": ["tests/test_auth.py", "tests/test_policies.py"],
     "policies": ["tests/test_policy_generation.py"],
