@@ -33,7 +33,7 @@ MODULES: dict[str, list[str]] = {
     "rotation": ["tests/test_rotation.py"],
     "logging": ["tests/test_logging.py", "tests/test_redaction_unit.py"],
     "formats": ["tests/test_formats.py", "tests/test_formats_unit.py", "tests/test_templates.py"],
-    "safefs": ["tests/test_safefs_unit.py", "tests/test_safe_writes.py"],
+    "safefs": ["tests/test_safefs_unit.py"],
     "auth": ["tests/test_auth.py", "tests/test_policies.py"],
     "policies": ["tests/test_policy_generation.py"],
     "render": ["tests/test_render.py"],
