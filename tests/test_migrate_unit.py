@@ -88,8 +88,10 @@ def test_size_limit_is_exact(tmp_path):
     f = env(tmp_path, "a/.env", "K=" + "v" * 10 + "\n")
     size = len(json.dumps({"K": "v" * 10}).encode())  # 17
     assert M.build_targets([SourceSpec(f)], prefix="", max_secret_bytes=size)
-    with pytest.raises(BadInput, match=rf"^secret a would be {size} bytes, over the {size - 1}-byte limit "):
+    with pytest.raises(BadInput) as err:
         M.build_targets([SourceSpec(f)], prefix="", max_secret_bytes=size - 1)
+    assert str(err.value) == (f"secret a would be {size} bytes, over the {size - 1}-byte limit (KV storage refuses large "
+                              "entries); split it with [migrate.sources] split = {...}")
 
 
 def test_interpolation_is_passed_through(tmp_path, monkeypatch):
@@ -107,8 +109,17 @@ def test_style_warnings_name_keys_and_lines_never_values():
     lines = M.style_warnings([t])
     assert lines and all(line.startswith("svc: the ") and " style cannot carry " in line for line in lines)
     docker = [line for line in lines if line.startswith("svc: the docker style")]
+    multi_line = "value contains a line break; docker --env-file has no multi-line values (use the compose style)"
     assert docker == ["svc: the docker style cannot carry NL (f:1), K0 (f:2), K1 (f:3), K2 (f:4), K3 (f:5) and 3 more: "
-                      + docker[0].split(": ", 2)[2]]
+                      + multi_line]
+    # Up to five keys are all named; the sixth turns into "and 1 more".
+    five = M.Target("s", {f"K{i}": "a\nb" for i in range(5)}, {})
+    assert f"s: the docker style cannot carry K0 (?), K1 (?), K2 (?), K3 (?), K4 (?): {multi_line}" in M.style_warnings([five])
+    six = M.Target("s", {f"K{i}": "a\nb" for i in range(6)}, {})
+    assert f"s: the docker style cannot carry K0 (?), K1 (?), K2 (?), K3 (?), K4 (?) and 1 more: {multi_line}" in M.style_warnings([six])
+    # One line per reason: two reasons in one style make two lines.
+    mixed = [line for line in M.style_warnings([M.Target("s", {"NL": "a\nb", "bad key": "v"}, {})]) if " docker " in line]
+    assert len(mixed) == 2 and any(line.endswith(multi_line) for line in mixed)
     assert "two" not in "".join(lines) and "lines" not in "".join(lines).replace("multi-line", "")
     assert M.style_warnings([M.Target("svc", {"OK": "plain"}, {})]) == []
     few = M.style_warnings([M.Target("s", {"NL": "a\nb"}, {})])
@@ -195,6 +206,35 @@ def test_plan_and_apply_on_kv2_with_check_and_set(kv2, root):
     assert out.written == ["app/new", "app/old"] and out.exit_code == 0 and out.not_written == []
     assert kv.read("app/old").data == {"A": "2"} and kv.read("app/old").version == 4
     assert [sp.needs_write for sp in M.plan(kv, targets, prune=True, fp=FP).secrets] == [False, False, False]
+
+
+def test_plan_fingerprints_with_the_given_key_or_a_new_one(kv2, root):
+    kv = KV(root, kv2, 2)
+    targets = [M.Target("fp/a", {"K": "v"}, {})]
+    (sp,) = M.plan(kv, targets, fp=FP).secrets
+    assert sp.changes == (M.KeyChange("K", M.ADDED, None, FP("v")),) and sp.current.path == "fp/a"
+    (sp,) = M.plan(kv, targets).secrets
+    assert sp.changes[0].status == M.ADDED and len(sp.changes[0].new or "") == 8 and sp.changes[0].new != FP("v")
+
+
+def test_plan_with_list_but_no_read_permission_plans_absent_secrets_as_new(kv2, root, vault_server):
+    """One LIST per folder finds which targets exist: absent ones are not read at all."""
+    name = f"lister-{kv2}"
+    root.sys.create_or_update_acl_policy(name, f'path "{kv2}/metadata/*" {{ capabilities = ["list"] }}')
+    lister = vault_server.client(root.auth.token.create(policies=[name], ttl="5m")["auth"]["client_token"])
+    p = M.plan(KV(lister, kv2, 2), [M.Target("new/a", {"A": "1"}, {}), M.Target("new/b", {"B": "1"}, {})], fp=FP)
+    assert [(sp.current.path, sp.current.exists, sp.current.version) for sp in p.secrets] == [("new/a", False, 0), ("new/b", False, 0)]
+    root.sys.delete_acl_policy(name)
+
+
+def test_kv2_write_is_refused_when_the_secret_was_rewritten_with_the_same_data(kv2, root):
+    """Check-and-set, not a comparison of contents: a write in between, even of equal data, is a conflict."""
+    kv = KV(root, kv2, 2)
+    kv.write("same/a", {"A": "1"})
+    p = M.plan(kv, [M.Target("same/a", {"A": "2"}, {})], fp=FP)
+    kv.write("same/a", {"A": "1"})  # version 2, same content
+    out = M.apply(kv, p)
+    assert out.conflicts == ["same/a"] and out.written == [] and kv.read("same/a").data == {"A": "1"}
 
 
 def test_plan_without_list_permission_reads_every_target(kv2, root, vault_server):

@@ -155,7 +155,7 @@ def build_targets(
         if size > max_secret_bytes:
             raise BadInput(
                 f"secret {t.path} would be {size} bytes, over the {max_secret_bytes}-byte limit "
-                "(KV storage refuses large entries); split it with [migrate.sources] split = {{...}}"
+                "(KV storage refuses large entries); split it with [migrate.sources] split = {...}"
             )
     return targets
 
