@@ -262,3 +262,24 @@ def test_write_credentials_writes_two_private_files(tmp_path):
     assert paths == [tmp_path / "role_id", tmp_path / "secret_id"]
     assert (tmp_path / "role_id").read_text() == "role-1234\n" and (tmp_path / "secret_id").read_text() == "secret-5678\n"
     assert {p.stat().st_mode & 0o777 for p in paths} == {0o600}
+
+
+def test_a_token_with_under_a_second_left_is_expiring_not_eternal(root, vault_server):
+    """The server rounds the TTL down: 0 with an expire_time means "about to expire", never "never expires"."""
+    import time
+
+    for _ in range(5):  # the window is under a second wide: retry on a loaded machine that misses it
+        token = root.auth.token.create(ttl="2s")["auth"]["client_token"]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            info = root.auth.token.lookup(token)["data"]
+            if info["ttl"] == 0:
+                break
+            time.sleep(0.05)
+        try:
+            state = auth.lookup_self(vault_server.client(token))
+        except VaultError:
+            continue  # expired between the two lookups
+        assert state.ttl == 0.5
+        return
+    pytest.fail("never caught a token in its last second")
