@@ -100,3 +100,14 @@ def test_render_outputs():
     assert warned == ["/d: key 'UID' left out of the shell style: bash reserves this name"]
     assert formats.render("shell", {"UID": "0"}, destination="/d") == "# UID is not set here: bash reserves this name\n"
     assert formats.render("template", {"A": "x"}, template="{{ A }}", destination="d") == "x"
+
+
+def test_keys_of_mixed_types_fail_on_the_first_string_key_first():
+    """Non-string keys sort after the strings (never a TypeError from comparing them): a bad value
+    of a string key is reported before the non-string key."""
+    with pytest.raises(FormatError) as err:
+        formats.render("dotenv", {3: "v", "A": 5}, destination="/d")  # type: ignore[dict-item]
+    assert err.value.key == "A" and err.value.reason == "value must be a string, not int"
+    with pytest.raises(FormatError) as err:
+        formats.render("json", {"B": "x", 3: "v", "A": "y"}, destination="/d")  # type: ignore[dict-item]
+    assert err.value.key is None and err.value.reason == "variable name of type int: must be a str"
