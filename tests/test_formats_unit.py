@@ -18,6 +18,8 @@ def test_format_error_names_destination_and_key():
 
 def test_check_key_messages():
     assert formats.check_key("A.b-c_1", "d") == "A.b-c_1"
+    with pytest.raises(FormatError, match=r"^d: key 'A B': invalid variable name for the dotenv style: "):
+        formats.check_key("A B", "d")  # the default style
     with pytest.raises(FormatError) as err:
         formats.check_key(7, "dest")
     assert str(err.value) == "dest: variable name of type int: must be a str" and err.value.key is None
