@@ -8,6 +8,8 @@ import io
 import json
 import sys
 
+import uuid
+
 import pytest
 
 from vaultsync import logging as vlog
@@ -88,7 +90,7 @@ def test_a_remembered_value_stays_scrubbed_whatever_the_order():
     """KV values are scrubbed for the life of the process: a holder that registered the same value
     (a rendered credential equal to a KV value) and forgets it must not un-hide it."""
     for first_registered in (True, False):
-        value = f"kv-and-lease-{first_registered}"
+        value = f"kv-and-lease-{first_registered}-{uuid.uuid4().hex}"  # new each run: remembered values never go
         if first_registered:
             vlog.register_secret(value)
             vlog.remember_secret(value)
@@ -103,9 +105,13 @@ def test_a_remembered_value_stays_scrubbed_whatever_the_order():
 
 
 def test_remembering_keeps_longest_first_order():
-    vlog.remember_secret("rem-pass-1")
-    vlog.remember_secret("rem-pass-1-with-a-tail")
-    assert vlog.scrub("rem-pass-1-with-a-tail rem-pass-1") == f"{REDACTED} {REDACTED}"
+    short = f"rem-{uuid.uuid4().hex[:8]}"
+    vlog.remember_secret(short)
+    vlog.remember_secret(f"{short}-with-a-tail")
+    assert vlog.scrub(f"{short}-with-a-tail {short}") == f"{REDACTED} {REDACTED}"
+    assert vlog._known[short] == 1 and vlog._ordered.index(f"{short}-with-a-tail") < vlog._ordered.index(short)
+    vlog.remember_secret(None)
+    assert short in vlog._ordered
 
 
 def test_scrub_hides_token_shapes_but_not_dotted_names():
@@ -217,4 +223,14 @@ def test_default_stream_is_stderr(capsys):
     vlog.get_logger().info("to stderr")
     captured = capsys.readouterr()
     assert captured.out == "" and json.loads(captured.err)["event"] == "to stderr"
+    vlog.configure("json", "info", stream=sys.stderr)
+
+
+def test_defaults_are_json_at_info():
+    out = io.StringIO()
+    vlog.configure(stream=out)
+    log = vlog.get_logger()
+    log.debug("hidden")
+    log.info("shown")
+    assert [json.loads(line)["event"] for line in out.getvalue().splitlines()] == ["shown"]
     vlog.configure("json", "info", stream=sys.stderr)
