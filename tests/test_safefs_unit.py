@@ -213,3 +213,26 @@ def test_check_trusted_file_returns_the_stat(tmp_path):
         assert st.st_size == 3 and stat.S_ISREG(st.st_mode)
     finally:
         os.close(fd)
+
+
+def test_symlink_targets_are_walked_one_checked_component_at_a_time(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "links").mkdir()
+    # "." is no step and ".." goes up from where the link is, not from a repeated folder.
+    os.symlink("./../real", tmp_path / "links" / "dotted")
+    assert same_folder(safefs.open_folder(tmp_path / "links" / "dotted", owner=me()), tmp_path / "real")
+    # A target through a folder others can write is refused, though the folder it ends in is safe.
+    (tmp_path / "links" / "open" / "inner").mkdir(parents=True)
+    os.chmod(tmp_path / "links" / "open", 0o777)
+    os.symlink("open/inner", tmp_path / "links" / "through")
+    with pytest.raises(UnsafePath, match=f"^folder {tmp_path}/links/open is writable by other users"):
+        safefs.open_folder(tmp_path / "links" / "through", owner=me())
+
+
+@pytest.mark.parametrize("target", ["sticky/", "sticky/.", "sticky/./"])
+def test_a_sticky_folder_named_last_by_a_symlink_is_the_last_folder(tmp_path, target):
+    (tmp_path / "sticky").mkdir()
+    os.chmod(tmp_path / "sticky", 0o1777)
+    os.symlink(target, tmp_path / "link")
+    with pytest.raises(UnsafePath, match=f"^folder {tmp_path}/sticky is writable by other users"):
+        safefs.open_folder(tmp_path / "link", owner=me())
