@@ -117,16 +117,25 @@ system-deps:
 demo: install-app
 	@bash scripts/demo.sh
 
+# The whole suite runs under coverage (the CLI and daemon subprocesses too) and fails, with a message
+# saying what dropped, when vaultsync/'s coverage falls below its floor (pyproject.toml); see README
+# "Coverage and mutation testing". A partial run (PYTEST_ARGS set) or COVERAGE=0 runs plain pytest.
+COVERAGE ?= $(if $(strip $(PYTEST_ARGS)),0,1)
+ifeq ($(COVERAGE),1)
+test: coverage
+else
 test: install system-deps envcheck telemetry
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+endif
 
-# The whole suite under coverage, subprocesses (CLI, daemon) included; per-module report with the
-# missing lines. Fails when the total drops below [tool.coverage.report] fail_under.
+# The suite under coverage, subprocesses included; the per-module report with the missing lines goes
+# to stdout and coverage-report.txt. Fails on a test failure or a coverage drop (scripts/coverage_check.py).
 coverage: install system-deps envcheck telemetry
 	rm -f .coverage .coverage.*
 	$(BIN)/python -m coverage run -m pytest $(PYTEST_ARGS); status=$$?; \
-	$(BIN)/python -m coverage combine -q && $(BIN)/python -m coverage report; report=$$?; \
-	exit $$(( status ? status : report ))
+	$(BIN)/python -m coverage combine -q; \
+	$(BIN)/python scripts/coverage_check.py --report coverage-report.txt; check=$$?; \
+	exit $$(( status ? status : check ))
 
 # Mutation testing of the modules that hold the guarantees (slow: not part of `make test` or CI).
 # MUTATE picks the modules (default: all in scripts/mutation.py); see README "Testing".
@@ -140,4 +149,4 @@ bench: install system-deps
 	$(BIN)/python bench/daemon.py
 
 clean:
-	rm -rf $(VENV) dist build *.egg-info .pytest_cache .coverage .coverage.* htmlcov mutants
+	rm -rf $(VENV) dist build *.egg-info .pytest_cache .coverage .coverage.* coverage-report.txt htmlcov mutants

@@ -106,14 +106,17 @@ def vault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     )
 
 
-_SESSION_CA: list[vault_cluster.CA] = []
+_SESSION_CA: dict[Path, vault_cluster.CA] = {}
 
 
 def session_ca(tmp_path_factory: pytest.TempPathFactory) -> vault_cluster.CA:
-    """One private CA per test session (made here, never committed): every test server's certificate."""
-    if not _SESSION_CA:
-        _SESSION_CA.append(vault_cluster.make_ca(tmp_path_factory.mktemp("ca")))
-    return _SESSION_CA[0]
+    """One private CA per test session (made here, never committed): every test server's certificate.
+    Keyed by the session's temp root: a process that runs several sessions (mutmut) gets one per
+    session, never a CA whose folder an earlier session's clean-up removed."""
+    base = tmp_path_factory.getbasetemp()
+    if base not in _SESSION_CA:
+        _SESSION_CA[base] = vault_cluster.make_ca(tmp_path_factory.mktemp("ca"))
+    return _SESSION_CA[base]
 
 
 def _server_mode(binary: str, folder: Path, ca: vault_cluster.CA) -> Iterator[Server]:

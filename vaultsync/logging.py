@@ -53,6 +53,7 @@ _MIN_LINE_LEN = 8  # lines of a multi-line secret (PEM) are scrubbed one by one 
 _known: dict[str, int] = {}  # value -> how many live holders registered it
 _known_lock = threading.Lock()
 _ordered: tuple[str, ...] = ()  # longest first, so a secret containing another is hidden whole
+_remembered: set[str] = set()  # forms remember_secret keeps for the life of the process
 
 
 def secret_forms(value: Any) -> set[str]:
@@ -129,10 +130,12 @@ def remember_secret(value: Any) -> None:
     global _ordered
     forms = secret_forms(value)
     with _known_lock:
-        new = forms - _known.keys()
-        for form in new:
+        new = forms - _remembered
+        _remembered.update(new)  # forget_secret never drops these, whoever registered them too
+        added = [form for form in new if form not in _known]
+        for form in added:
             _known[form] = 1
-        if new:
+        if added:
             _ordered = tuple(sorted(_known, key=len, reverse=True))
 
 
@@ -143,7 +146,7 @@ def forget_secret(value: Any) -> None:
     global _ordered
     with _known_lock:
         dropped = False
-        for form in secret_forms(value):
+        for form in secret_forms(value) - _remembered:
             count = _known.get(form, 0)
             if count > 1:
                 _known[form] = count - 1
