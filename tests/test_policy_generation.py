@@ -124,7 +124,7 @@ def test_daemon_role_params():
                                           bound_cidrs=("192.168.0.0/16", "127.0.0.1/32")))
     cidrs = ["127.0.0.1/32", "192.168.0.0/16"]
     assert P.daemon_role_params(settings) == {**default, "secret_id_ttl": 7200, "secret_id_bound_cidrs": cidrs,
-                                              "token_bound_cidrs": cidrs}
+                                              "token_bound_cidrs": cidrs, "token_policies": ["vaultsync-daemon-d"]}
 
 
 def write(folder: Path, name: str, text: str = 'path "secret/data/x" { capabilities = ["read"] }\n') -> Path:
