@@ -66,31 +66,59 @@ def parse(
 ) -> EnvFile:
     """Read ``path``; raise :class:`ParseError` on anything python-dotenv would skip."""
     path = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ParseError(path, 0, f"cannot read file: {exc.strerror}") from None
-    return parse_bytes(raw, path, strict=strict, interpolate=interpolate, interpolate_env=interpolate_env, environ=environ)
+    return parse_bytes(_read(path), path, strict=strict, interpolate=interpolate, interpolate_env=interpolate_env, environ=environ)
 
 
 def parse_bytes(
     raw: bytes, path: str, *, strict: bool = False, interpolate: bool = False, interpolate_env: Collection[str] = (),
     environ: Mapping[str, str] | None = None,
 ) -> EnvFile:
-    text = _decode(raw, path)
-    entries: list[Entry] = []
-    seen: dict[str, int] = {}
     duplicates: list[tuple[str, int, int]] = []
-    for key, value, line in bindings(text, path):
-        if key in seen:
-            if strict:
-                raise ParseError(path, line, f"duplicate key {key} (first set on line {seen[key]})")
-            duplicates.append((key, seen[key], line))
-        seen[key] = line
-        entries.append(Entry(key, value, line))
+    entries = tuple(_entries(_decode(raw, path), path, strict=strict, interpolate=interpolate,
+                             interpolate_env=interpolate_env, environ=environ, duplicates=duplicates))
+    return EnvFile(path, entries, tuple(duplicates))
+
+
+def read_entries(
+    path: str, *, strict: bool = False, interpolate: bool = False, interpolate_env: Collection[str] = (),
+    environ: Mapping[str, str] | None = None, duplicates: list[tuple[str, int, int]] | None = None,
+) -> Iterator[Entry]:
+    """The entries of ``path`` one at a time, as :func:`parse` reads them: a caller that keeps
+    only what it needs (or stops early) never holds them all. Without interpolation the
+    errors come in line order as they are met; with it, as :func:`parse` raises them.
+    ``duplicates`` (if given) receives (key, first line, later line) as they are met."""
+    yield from _entries(_decode(_read(path), path), path, strict=strict, interpolate=interpolate,
+                        interpolate_env=interpolate_env, environ=environ,
+                        duplicates=[] if duplicates is None else duplicates)
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ParseError(path, 0, f"cannot read file: {exc.strerror}") from None
+
+
+def _entries(
+    text: str, path: str, *, strict: bool, interpolate: bool, interpolate_env: Collection[str],
+    environ: Mapping[str, str] | None, duplicates: list[tuple[str, int, int]],
+) -> Iterator[Entry]:
+    seen: dict[str, int] = {}
+
+    def checked() -> Iterator[Entry]:
+        for key, value, line in bindings(text, path):
+            if key in seen:
+                if strict:
+                    raise ParseError(path, line, f"duplicate key {key} (first set on line {seen[key]})")
+                duplicates.append((key, seen[key], line))
+            seen[key] = line
+            yield Entry(key, value, line)
+
     if interpolate:
-        entries = _interpolate(entries, path, interpolate_env, os.environ if environ is None else environ)
-    return EnvFile(path, tuple(entries), tuple(duplicates))
+        # Every line is checked before any reference is resolved: a parse error anywhere wins.
+        yield from _interpolate(list(checked()), path, interpolate_env, os.environ if environ is None else environ)
+    else:
+        yield from checked()
 
 
 def bindings(text: str, path: str) -> Iterator[tuple[str, str, int]]:
