@@ -213,7 +213,8 @@ class Fingerprinter:
 
 def diff(current: Mapping[str, Any] | None, wanted: Mapping[str, str], *, prune: bool, fp: Fingerprinter) -> tuple[list[KeyChange], dict[str, Any]]:
     """Key-level changes and the merged data to write."""
-    current = current or {}
+    if not current:  # a new secret: every key is added (the common case of a first migration)
+        return [KeyChange(key, ADDED, new=fp(wanted[key])) for key in sorted(wanted)], dict(wanted)
     changes: list[KeyChange] = []
     for key in sorted(set(current) | set(wanted)):
         if key not in current:
@@ -239,17 +240,14 @@ def plan(kv: KV, targets: Iterable[Target], *, prune: bool = False, concurrency:
     targets = list(targets)
     existing = _existing(kv, targets)
 
-    def current(t: Target) -> Secret:
-        if existing is not None and t.path not in existing:
-            return Secret(t.path, None, 0)
-        return kv.read(t.path)
+    def planned(t: Target) -> SecretPlan:
+        # Diffed in the worker, while the other workers wait on their reads.
+        current = Secret(t.path, None, 0) if existing is not None and t.path not in existing else kv.read(t.path)
+        changes, desired = diff(current.data, t.data, prune=prune, fp=fp)
+        return SecretPlan(t, current, tuple(changes), desired)
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        currents = list(pool.map(current, targets))
-    plans = []
-    for target, current in zip(targets, currents):
-        changes, desired = diff(current.data, target.data, prune=prune, fp=fp)
-        plans.append(SecretPlan(target, current, tuple(changes), desired))
+        plans = list(pool.map(planned, targets))
     return Plan(kv.mount, kv.version, tuple(plans), prune)
 
 
