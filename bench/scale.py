@@ -225,6 +225,7 @@ class Result:
     expired_max: int = 0
     leases_seen: int = 0
     log_bytes: int = 0
+    server_cpu: tuple[float, float] = (0.0, 0.0)  # Vault and PostgreSQL process trees: until ready, after
     files_ok: int = 0
     logins: tuple[int, int] = (0, 0)
     problems: list[str] = field(default_factory=list)
@@ -276,10 +277,19 @@ def run_contender(which: str, procs: Any, base: Path, pg: Any, binary: str, args
         time.sleep(0.5)
         audit0 = bd.audit_size(v.audit_log)
         log = workdir / f"{which}.log"
+        def servers_cpu() -> float:
+            return sum(bd.cpu_seconds(bd.tree(v.proc.pid))) + sum(bd.cpu_seconds(bd.tree(pg.proc.pid)))
+
+        server0 = servers_cpu()
         t0 = time.monotonic()
         proc = procs.spawn(which, argv, log=log, env=env, cwd=workdir)
         sampler = bd.Sampler(proc.pid)
         sampler.start()
+        spy = None
+        if args.profile and which == "vaultsync":  # py-spy (pip install py-spy) samples the daemon from outside
+            spy = procs.spawn("py-spy", [args.py_spy, "record", "-r", "50", "-f", "raw", "-o", args.profile,
+                                         "-d", str(int(args.seconds) - 2), "--pid", str(proc.pid)],
+                              log=workdir / "py-spy.log", env=env, cwd=workdir)
         done: set[str] = set()
         deadline, next_scrape, ready_wall, cpu_at_ready, rss_at = t0 + args.seconds, 0.0, None, 0.0, 0
         while time.monotonic() < deadline:
@@ -289,6 +299,7 @@ def run_contender(which: str, procs: Any, base: Path, pg: Any, binary: str, args
             if res.ready_after is None and ready(workdir / "out", lay, done):
                 res.ready_after, ready_wall = time.monotonic() - t0, time.time()
                 cpu_at_ready, rss_at = sum(sampler.cpu), len(sampler.rss)
+                server_at_ready = servers_cpu()
                 print(f"[{which}] ready after {res.ready_after:.1f} s", flush=True)
             if which == "vaultsync" and time.monotonic() >= next_scrape:
                 expired, seen = expired_leases(scrape(port), time.time())
@@ -296,6 +307,10 @@ def run_contender(which: str, procs: Any, base: Path, pg: Any, binary: str, args
                 next_scrape = time.monotonic() + args.scrape
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         sampler.finish()
+        if ready_wall:
+            res.server_cpu = (server_at_ready - server0, servers_cpu() - server_at_ready)
+        if spy is not None:
+            spy.wait(30)
         if which == "vaultsync":
             text = scrape(port)
             res.late = {k: lateness(text, k) for k in ("lease", "token", "kv", "render")}
@@ -350,6 +365,8 @@ def report(results: dict[str, Result], args: argparse.Namespace, lay: Layout) ->
         ("steady RSS MiB (after ready)", [f"{r.rss_steady:.1f}" for r in cols], ratio(a and a.rss_steady, b and b.rss_steady)),
         ("CPU s (whole window)", [f"{r.cpu:.1f}" for r in cols], ratio(a and a.cpu, b and b.cpu)),
         ("CPU s after ready", [f"{r.cpu_steady:.1f}" for r in cols], ratio(a and a.cpu_steady, b and b.cpu_steady)),
+        ("Vault+PostgreSQL CPU s to ready", [f"{r.server_cpu[0]:.1f}" for r in cols], ""),
+        ("Vault+PostgreSQL CPU s after", [f"{r.server_cpu[1]:.1f}" for r in cols], ""),
         ("renewals after ready", [str(r.steady_renewals) for r in cols], ""),
         ("CPU s per renewal (after ready)", [per(r.cpu_steady, r.steady_renewals) for r in cols], ""),
         ("requests (audit log, window)", [str(r.requests) for r in cols], ratio(a and a.requests, b and b.requests)),
@@ -391,6 +408,8 @@ def main() -> int:
     ap.add_argument("--pg-connections", type=int, default=8, help="the database plugin's max_open_connections")
     ap.add_argument("--only", choices=["vaultsync", "agent"])
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--profile", help="write a py-spy raw profile of the daemon to this file")
+    ap.add_argument("--py-spy", default=shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")))
     args = ap.parse_args()
     for opt in ("ttl_min", "ttl_max", "max_ttl", "poll"):
         parse_duration(getattr(args, opt))

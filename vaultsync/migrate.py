@@ -246,8 +246,13 @@ def plan(kv: KV, targets: Iterable[Target], *, prune: bool = False, concurrency:
         changes, desired = diff(current.data, t.data, prune=prune, fp=fp)
         return SecretPlan(t, current, tuple(changes), desired)
 
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        plans = list(pool.map(planned, targets))
+    to_read = [t for t in targets if existing is None or t.path in existing]
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(to_read)))) as pool:
+        reading = pool.map(planned, to_read)
+        # Targets that do not exist need no request: planned here, while the reads are under way.
+        new = {t.path: planned(t) for t in targets if existing is not None and t.path not in existing}
+        read = dict(zip((t.path for t in to_read), reading))
+    plans = [read[t.path] if t.path in read else new[t.path] for t in targets]
     return Plan(kv.mount, kv.version, tuple(plans), prune)
 
 
