@@ -289,7 +289,7 @@ def run_contender(which: str, procs: Any, base: Path, pg: Any, binary: str, args
         if args.profile and which == "vaultsync":  # py-spy (pip install py-spy) samples the daemon from outside
             spy = procs.spawn("py-spy", [args.py_spy, "record", "-r", "50", "-f", "raw", "-o", args.profile,
                                          "-d", str(int(args.seconds) - 2), "--pid", str(proc.pid)],
-                              log=workdir / "py-spy.log", env=env, cwd=workdir)
+                              log=workdir / "py-spy.log", env=env, cwd=workdir, stop_signal=signal.SIGINT)
         done: set[str] = set()
         deadline, next_scrape, ready_wall, cpu_at_ready, rss_at = t0 + args.seconds, 0.0, None, 0.0, 0
         while time.monotonic() < deadline:
@@ -309,8 +309,11 @@ def run_contender(which: str, procs: Any, base: Path, pg: Any, binary: str, args
         sampler.finish()
         if ready_wall:
             res.server_cpu = (server_at_ready - server0, servers_cpu() - server_at_ready)
-        if spy is not None:
-            spy.wait(30)
+        if spy is not None:  # it lags under load; SIGINT makes it write what it has
+            try:
+                spy.wait(30)
+            except bd.subprocess.TimeoutExpired:
+                procs.stop(spy, timeout=120)
         if which == "vaultsync":
             text = scrape(port)
             res.late = {k: lateness(text, k) for k in ("lease", "token", "kv", "render")}

@@ -56,6 +56,10 @@ HOOK_STOP_GRACE = 5.0
 #: Jobs that keep credentials alive run on their own threads: polls, renders and rotations
 #: (which may wait on a slow server or a big file) can never delay them.
 LIFETIME_JOBS = frozenset({"token", "lease", "recover", "probe", "token-check"})
+LIFETIME_THREADS = 16
+# A kept connection for every thread that may send at once (start-up's 8, the default jobs' 8, the
+# lifetime jobs'): past the pool size each request opens and drops a connection of its own.
+HTTP_POOL = 8 + 8 + LIFETIME_THREADS
 DEAD_TOKEN_LOG_EVERY = 60.0  # a dead plain token is logged as an error once a minute at most
 TOKEN_CHECK_EVERY = 5.0  # 403s trigger a token lookup at most this often
 
@@ -167,8 +171,8 @@ class Daemon(RecoveryMixin):
         self.reachability = recovery.Reachability()
         # An AppRole daemon starts without a token: a VAULT_TOKEN or `vault login` token on the host
         # is someone else's and must not ride along with its login or its unwrap.
-        self.client = make_client(settings.vault, pool_size=12,
-                                  adapter=self.metrics.counting_adapter(12, on_result=self._on_http_result),
+        self.client = make_client(settings.vault, pool_size=HTTP_POOL,
+                                  adapter=self.metrics.counting_adapter(HTTP_POOL, on_result=self._on_http_result),
                                   token="" if settings.auth.method == "approle" else None)
         self.kv: KV | None = None
         self.token = TokenInfo()
@@ -191,7 +195,9 @@ class Daemon(RecoveryMixin):
         self._held_lock = threading.Lock()
         self._relogin_lock = threading.Lock()  # one re-login after a rejected token, not one per 403
         self.scheduler = _Scheduler(
-            executors={"default": APThreadPool(8), "lifetimes": APThreadPool(4)},
+            # Renewals block on the server (a database lease's renewal runs ALTER ROLE): at 5,000 leases
+            # 4 threads queued them behind each other until some expired (bench/scale.py).
+            executors={"default": APThreadPool(8), "lifetimes": APThreadPool(LIFETIME_THREADS)},
             job_defaults={"coalesce": True, "max_instances": 2, "misfire_grace_time": None},
             timezone=timezone.utc,
         )
