@@ -36,3 +36,18 @@ def test_thousands_of_registrations_keep_every_value_hidden() -> None:
         vlog.remember_secret(value)
     text = " ".join(values[::499])
     assert set(vlog.scrub(text).split()) == {vlog.REDACTED}
+
+
+def test_overlapping_and_adjacent_secrets_are_hidden_as_one_cover() -> None:
+    left, right = "ovlap-L-abcdef12", "abcdef12-ovlap-R"
+    for v in (left, right):
+        vlog.register_secret(v)
+    try:
+        # Neither contains the other: whatever order they are found in, nothing of either is left.
+        assert vlog.scrub("x ovlap-L-abcdef12-ovlap-R y") == f"x {vlog.REDACTED} y"
+        assert vlog.scrub(f"{left}{left}|{right}") == f"{vlog.REDACTED}{vlog.REDACTED}|{vlog.REDACTED}"
+        assert vlog.scrub("ovlap-L-abcdef1") == "ovlap-L-abcdef1"  # a prefix alone is no secret
+    finally:
+        for v in (left, right):
+            vlog.forget_secret(v)
+    assert vlog.scrub(left) == left
