@@ -195,8 +195,8 @@ class Daemon(RecoveryMixin):
         self._held_lock = threading.Lock()
         self._relogin_lock = threading.Lock()  # one re-login after a rejected token, not one per 403
         self.scheduler = _Scheduler(
-            # Renewals block on the server (a database lease's renewal runs ALTER ROLE): at 5,000 leases
-            # 4 threads queued them behind each other until some expired (bench/scale.py).
+            # Renewals block on the server (a database lease's renewal runs ALTER ROLE, seconds when it is
+            # busy): at thousands of leases 4 threads let a few slow answers hold up every other renewal.
             executors={"default": APThreadPool(8), "lifetimes": APThreadPool(LIFETIME_THREADS)},
             job_defaults={"coalesce": True, "max_instances": 2, "misfire_grace_time": None},
             timezone=timezone.utc,
