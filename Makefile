@@ -10,7 +10,7 @@ SERVER_VERSION := vault-v1.14.1
 SERVER := $(CACHE)/$(SERVER_VERSION)/vault
 PYTEST_ARGS ?=
 
-.PHONY: install install-app dist server system-deps envcheck jaeger otelcol kafka telemetry demo test coverage mutation bench clean
+.PHONY: install install-app dist server system-deps envcheck jaeger otelcol kafka telemetry demo test coverage mutation bench bench-scale clean
 
 install: $(VENV)/.installed server
 
@@ -147,6 +147,12 @@ mutation: install system-deps
 bench: install system-deps
 	$(BIN)/python bench/migrate.py
 	$(BIN)/python bench/daemon.py
+
+# One daemon at scale against vault agent (minutes; the issue-16 size is
+# SCALE="--services 1000 --leases 10000 --seconds 600").
+SCALE ?= --services 50 --leases 500 --seconds 120
+bench-scale: install system-deps
+	$(BIN)/python bench/scale.py $(SCALE)
 
 clean:
 	rm -rf $(VENV) dist build *.egg-info .pytest_cache .coverage .coverage.* coverage-report.txt htmlcov mutants

@@ -56,12 +56,12 @@ def test_exception_traces_have_no_locals_and_no_secrets():
 def test_scrub_cost_stays_flat_as_credentials_come_and_go():
     # Relative to what earlier tests in this process left registered (KV values stay for the
     # process's life by design): 2000 credentials that came and went add nothing.
-    before = len(vlog._ordered)
+    before = len(vlog._known)
     for i in range(2000):
         value = f"credential-{i:05d}-abcdef"
         vlog.register_secret(value)
         vlog.forget_secret(value)
-    assert len(vlog._ordered) <= before
+    assert len(vlog._known) <= before
 
 
 def test_overlapping_secrets_are_hidden_whole_longest_first():

@@ -68,6 +68,8 @@ class ServiceMixin:
             self.services[svc.name] = st
         self._kv_job(svc.name, initial=True)
         for name, path in svc.dynamic.items():
+            if self._stop.is_set():  # SIGTERM during start-up: 8 services of 10 slow issues each held it past 60 s
+                return
             self._issue(svc.name, name, path, initial=True)
         self._render_all(svc.name, reason="start")
         for spec in svc.rotate:

@@ -44,6 +44,10 @@ class Kind(str, enum.Enum):
 #: Jobs that keep credentials alive run on their own threads: polls, renders and rotations
 #: (which may wait on a slow server or a big file) can never delay them.
 LIFETIME_JOBS = frozenset(k.value for k in (Kind.TOKEN, Kind.LEASE, Kind.RECOVER, Kind.PROBE, Kind.TOKEN_CHECK))
+LIFETIME_THREADS = 16
+# A kept connection for every thread that may send at once (start-up's 8, the default jobs' 8, the
+# lifetime jobs'): past the pool size each request opens and drops a connection of its own.
+HTTP_POOL = 8 + 8 + LIFETIME_THREADS
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,9 @@ class _Scheduler(BackgroundScheduler):
 
 def new_scheduler() -> _Scheduler:
     return _Scheduler(
-        executors={"default": APThreadPool(8), "lifetimes": APThreadPool(4)},
+        # Renewals block on the server (a database lease's renewal runs ALTER ROLE, seconds when it is
+        # busy): at thousands of leases 4 threads let a few slow answers hold up every other renewal.
+        executors={"default": APThreadPool(8), "lifetimes": APThreadPool(LIFETIME_THREADS)},
         job_defaults={"coalesce": True, "max_instances": 2, "misfire_grace_time": None},
         timezone=timezone.utc,
     )

@@ -124,14 +124,17 @@ def build_targets(
     """Parse every source and group keys into secrets. Raises BadInput before any write."""
     grouped: dict[str, dict[str, str]] = {}
     origins: dict[str, dict[str, str]] = {}
+    # A lower bound of each secret's JSON size, kept as entries come, so an oversized file
+    # fails once one secret passes the limit instead of after all of it sits in memory.
+    least_bytes: dict[str, int] = {}
     for spec in sources:
-        env = envfile.parse(spec.file, strict=strict, interpolate=interpolate, interpolate_env=interpolate_env)
-        for key, first, later in env.duplicates:
-            warn(f"{spec.file}:{later}: duplicate key {key} (first on line {first}); the last one wins")
+        duplicates: list[tuple[str, int, int]] = []
+        entries = envfile.read_entries(spec.file, strict=strict, interpolate=interpolate,
+                                       interpolate_env=interpolate_env, duplicates=duplicates)
         base = spec.path or "/".join(p for p in (prefix, spec.service or service_for(spec.file)) if p)
         # Longest split prefix first, so "DB_RO_" beats "DB_".
         splits = sorted(spec.split.items(), key=lambda kv: len(kv[0]), reverse=True)
-        for entry in env.entries:
+        for entry in entries:
             path, key = base, entry.key
             for key_prefix, split_path in splits:
                 if key.startswith(key_prefix):
@@ -145,8 +148,18 @@ def build_targets(
             previous = origins.setdefault(path, {}).get(key)
             if previous and not previous.startswith(f"{spec.file}:"):
                 raise BadInput(f"{where}: {key} for {path} is also set at {previous}")
-            grouped.setdefault(path, {})[key] = entry.value
+            data = grouped.setdefault(path, {})
+            least_bytes[path] = least_bytes.get(path, 0) + _least_json_bytes(key, entry.value) - (
+                _least_json_bytes(key, data[key]) if key in data else 0)
+            if least_bytes[path] > max_secret_bytes:
+                raise BadInput(
+                    f"secret {path} would be over the {max_secret_bytes}-byte limit from {where} on "
+                    "(KV storage refuses large entries); split it with [migrate.sources] split = {...}"
+                )
+            data[key] = entry.value
             origins[path][key] = where
+        for key, first, later in duplicates:
+            warn(f"{spec.file}:{later}: duplicate key {key} (first on line {first}); the last one wins")
     targets = [Target(path, grouped[path], origins[path]) for path in sorted(grouped)]
     normalized = [normalize_path(t.path) for t in targets]
     if len(set(normalized)) != len(normalized):
@@ -160,6 +173,12 @@ def build_targets(
                 "(KV storage refuses large entries); split it with [migrate.sources] split = {...}"
             )
     return targets
+
+
+def _least_json_bytes(key: str, value: str) -> int:
+    """What one pair adds to a secret's JSON at least: ``"key": "value"`` with nothing escaped
+    (a character is at least one byte)."""
+    return len(key) + len(value) + 6
 
 
 def style_warnings(targets: Iterable[Target]) -> list[str]:
@@ -198,7 +217,8 @@ def diff(current: Mapping[str, Any] | None, wanted: Mapping[str, str], *, prune:
          keep: Mapping[str, str] | None = None) -> tuple[list[KeyChange], dict[str, Any]]:
     """Key-level changes and the merged data to write. ``keep``: keys --prune never removes
     (key -> why), the keys the daemon rotates."""
-    current = current or {}
+    if not current:  # a new secret: every key is added (the common case of a first migration)
+        return [KeyChange(key, ADDED, new=fp(wanted[key])) for key in sorted(wanted)], dict(wanted)
     keep = keep or {}
     changes: list[KeyChange] = []
     for key in sorted(set(current) | set(wanted)):
@@ -227,17 +247,19 @@ def plan(kv: KV, targets: Iterable[Target], *, prune: bool = False, concurrency:
     targets = list(targets)
     existing = _existing(kv, targets)
 
-    def current(t: Target) -> Secret:
-        if existing is not None and t.path not in existing:
-            return Secret(t.path, None, 0)
-        return kv.read(t.path)
+    def planned(t: Target) -> SecretPlan:
+        # Diffed in the worker, while the other workers wait on their reads.
+        current = Secret(t.path, None, 0) if existing is not None and t.path not in existing else kv.read(t.path)
+        changes, desired = diff(current.data, t.data, prune=prune, fp=fp, keep=(keep or {}).get(t.path))
+        return SecretPlan(t, current, tuple(changes), desired)
 
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        currents = list(pool.map(current, targets))
-    plans = []
-    for target, current in zip(targets, currents):
-        changes, desired = diff(current.data, target.data, prune=prune, fp=fp, keep=(keep or {}).get(target.path))
-        plans.append(SecretPlan(target, current, tuple(changes), desired))
+    to_read = [t for t in targets if existing is None or t.path in existing]
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(to_read)))) as pool:
+        reading = pool.map(planned, to_read)
+        # Targets that do not exist need no request: planned here, while the reads are under way.
+        new = {t.path: planned(t) for t in targets if existing is not None and t.path not in existing}
+        read = dict(zip((t.path for t in to_read), reading))
+    plans = [read[t.path] if t.path in read else new[t.path] for t in targets]
     return Plan(kv.mount, kv.version, tuple(plans), prune)
 
 
