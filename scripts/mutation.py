@@ -36,6 +36,7 @@ MODULES: dict[str, list[str]] = {
     "safefs": ["tests/test_safefs_unit.py"],
     "auth": ["tests/test_auth.py", "tests/test_policies.py"],
     "policies": ["tests/test_policy_generation.py"],
+    "policy_gen": ["tests/test_policy_generation.py"],
     "render": ["tests/test_render.py"],
 }
 CHILDREN = os.environ.get("MUTATION_JOBS", "2")  # the CI/dev machine has two shared cores
