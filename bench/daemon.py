@@ -58,6 +58,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -721,16 +722,9 @@ def main() -> int:
         parse_duration(getattr(args, opt))  # fail early on a bad duration
 
     binary = devserver.find_server_binary()
-    procs = Processes()
-    base = Path(tempfile.mkdtemp(prefix="vaultsync-bench-daemon-"))
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-    results: dict[str, Result] = {}
-    try:
+    def bench(procs: Processes, base: Path) -> int:
+        results: dict[str, Result] = {}
         print(f"server binary: {binary}", flush=True)
         pg = start_postgres(procs, base)
         with pg.connect() as conn:
@@ -742,6 +736,23 @@ def main() -> int:
         report(results, args)
         failed = any(r.problems or r.files_ok != args.services or r.logins_ok != args.services for r in results.values())
         return 1 if failed else 0
+
+    return run_bench("vaultsync-bench-daemon-", bench, keep=args.keep)
+
+
+def run_bench(prefix: str, body: Callable[[Processes, Path], int], *, keep: bool) -> int:
+    """``body(procs, base)`` with a fresh temporary folder: Ctrl-C, SIGTERM and SIGHUP stop every
+    process it started, and the folder goes unless ``keep``."""
+    procs = Processes()
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    try:
+        return body(procs, base)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping everything", file=sys.stderr)
         return 130
@@ -752,7 +763,7 @@ def main() -> int:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
         procs.stop_all()
-        if args.keep:
+        if keep:
             print(f"kept {base}", file=sys.stderr)
         else:
             shutil.rmtree(base, ignore_errors=True)

@@ -38,7 +38,6 @@ import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -420,16 +419,9 @@ def main() -> int:
     width = 4 if args.services > 100 else 2
     lay = Layout([f"s{i:0{width}d}" for i in range(args.services)], max(1, args.leases // args.services))
     binary = devserver.find_server_binary()
-    procs = bd.Processes()
-    base = Path(tempfile.mkdtemp(prefix="vaultsync-bench-scale-"))
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-    results: dict[str, Result] = {}
-    try:
+    def bench(procs: bd.Processes, base: Path) -> int:
+        results: dict[str, Result] = {}
         pg = bd.start_postgres(procs, base)
         for which in ("vaultsync", "agent"):
             if args.only in (None, which):
@@ -439,20 +431,8 @@ def main() -> int:
                     print(f"[{which}] failed: {exc}", flush=True)
         report(results, args, lay)
         return 0
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping everything", file=sys.stderr)
-        return 130
-    except bd.BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        procs.stop_all()
-        if args.keep:
-            print(f"kept {base}", file=sys.stderr)
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+
+    return bd.run_bench("vaultsync-bench-scale-", bench, keep=args.keep)
 
 
 if __name__ == "__main__":
