@@ -10,7 +10,7 @@ from typing import Any
 import hvac.exceptions
 
 from vaultsync import lease_inflight, leases, recovery
-from vaultsync.daemon_state import Lease
+from vaultsync.daemon_state import DaemonParts, Lease
 from vaultsync.jobs import JobKey, Kind
 from vaultsync.lifetime import Backoff
 from vaultsync.logging import forget_secret, get_logger, register_secret
@@ -19,20 +19,11 @@ from vaultsync.vault import describe, renew_lease, revoke_lease
 log = get_logger("vaultsync.daemon")
 
 
-class LeaseMixin:
+class LeaseMixin(DaemonParts):
     """Needs the Daemon's ``client``, ``clock``, ``rng``, ``settings``, ``metrics``, ``events``,
     ``services``, ``token``, ``_at``, ``_hold`` and its render and login jobs."""
 
-    settings: Any
-    client: Any
-    clock: Any
-    rng: Any
-    metrics: Any
-    events: Any
-    services: dict[str, Any]
-    token: Any
     _login_gen: int
-    _at: Any
     _hold: Any
     _lifetime: Any
     _relogin: Any

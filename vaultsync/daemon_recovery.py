@@ -6,10 +6,11 @@ killed run left behind. The decisions are pure (:mod:`vaultsync.recovery`); this
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vaultsync import auth, lease_inflight, leasestate, recovery
 from vaultsync.errors import VaultError
+from vaultsync.daemon_state import DaemonParts
 from vaultsync.jobs import JobKey, Kind
 from vaultsync.lifetime import Backoff
 from vaultsync.logging import get_logger
@@ -20,21 +21,12 @@ if TYPE_CHECKING:
 log = get_logger("vaultsync.daemon")
 
 
-class RecoveryMixin:
+class RecoveryMixin(DaemonParts):
     """Needs the Daemon's ``client``, ``clock``, ``rng``, ``settings``, ``services``, ``token``,
     ``reachability``, ``_at`` and the job methods it reschedules."""
 
     # (declared for readers and type checkers; the Daemon sets them)
-    settings: Any
     config_path: str | None
-    client: Any
-    kv: Any
-    clock: Any
-    rng: Any
-    metrics: Any
-    services: dict[str, Any]
-    token: Any
-    token_problem: str | None
     reachability: recovery.Reachability
     _probes: Backoff  # while the server is down (a new one at each outage)
 

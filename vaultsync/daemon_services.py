@@ -12,7 +12,7 @@ from typing import Any
 from vaultsync import render, rotation
 from vaultsync import service_values as service_values_
 from vaultsync.config import Destination, ServiceSettings
-from vaultsync.daemon_state import DestinationState, ServiceState, renders_without_kv, service_values
+from vaultsync.daemon_state import DaemonParts, DestinationState, ServiceState, renders_without_kv, service_values
 from vaultsync.errors import VaultError, VaultsyncError
 from vaultsync.jobs import JobKey, Kind
 from vaultsync.lifetime import BACKOFF_BASE, BACKOFF_CAP, Backoff
@@ -22,24 +22,14 @@ from vaultsync.outputs import EXEC_KEY, RenderOutcome, outputs_for
 log = get_logger("vaultsync.daemon")
 
 
-class ServiceMixin:
+class ServiceMixin(DaemonParts):
     """Needs the Daemon's ``kv``, ``clock``, ``rng``, ``settings``, ``metrics``, ``events``,
     ``services``, ``hooks``, ``_at``, ``_lock``, ``_stop`` and its lease jobs."""
 
-    settings: Any
-    kv: Any
-    clock: Any
-    rng: Any
-    metrics: Any
-    events: Any
     hooks: Any
     holder: str
-    services: dict[str, ServiceState]
     exit_with_child: bool
     exit_code: int
-    _lock: Any
-    _stop: Any
-    _at: Any
     _issue: Any
     _revoke: Any
     _source_missing: Any

@@ -78,3 +78,22 @@ def renders_without_kv(svc: ServiceSettings) -> bool:
     """A service renders without its KV keys when its secret is absent only if asked to
     (``on_delete = "empty"``, or a KV source marked optional)."""
     return getattr(svc, "on_delete", "keep") == "empty" or bool(getattr(svc, "optional", False))
+
+
+class DaemonParts:
+    """What every part of the Daemon (its token, lease, service, recovery and job mixins) reads
+    from the others; declared once for readers and type checkers, set by ``Daemon.__init__``."""
+
+    settings: Any
+    client: Any
+    kv: Any
+    clock: Any
+    rng: Any
+    metrics: Any
+    events: Any
+    services: dict[str, Any]
+    token: Any
+    token_problem: str | None
+    _lock: Any
+    _stop: Any
+    _at: Any

@@ -9,7 +9,7 @@ from typing import Any
 
 from vaultsync import auth, leases, recovery
 from vaultsync.auth_methods import AuthMethod
-from vaultsync.daemon_state import TokenInfo
+from vaultsync.daemon_state import DaemonParts, TokenInfo
 from vaultsync.errors import VaultError, VaultsyncError
 from vaultsync.jobs import JobKey, Kind
 from vaultsync.logging import get_logger
@@ -18,27 +18,16 @@ from vaultsync.vault import describe
 log = get_logger("vaultsync.daemon")
 
 
-class TokenMixin:
+class TokenMixin(DaemonParts):
     """Needs the Daemon's ``client``, ``clock``, ``rng``, ``settings``, ``metrics``, ``events``,
     ``services``, ``_at``, ``_lock`` and its lease jobs."""
 
     auth_method: AuthMethod
-    token: TokenInfo
-    settings: Any
-    client: Any
-    clock: Any
-    rng: Any
-    metrics: Any
-    events: Any
-    services: dict[str, Any]
     login_error: str | None
     security_refusal: str | None = None  # why the last login was refused as a security event (auth.SecurityError)
-    token_problem: str | None
     _login_gen: int
     _static_token_told: bool
     _dead_token_log: recovery.Throttle
-    _lock: Any
-    _at: Any
     _lifetime: Any
     _reissue: Any
     _kick_all: Any
