@@ -58,7 +58,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -526,17 +526,22 @@ def endpoint(path: str) -> str:
     return path
 
 
-def audit_responses(log: Path, start: int, end: int) -> tuple[Counter[str], Counter[str]]:
-    """Response entries between two byte offsets of the audit log: by endpoint, and errors."""
-    by_path: Counter[str] = Counter()
-    errors: Counter[str] = Counter()
+def audit_response_entries(log: Path, start: int, end: int) -> Iterator[dict[str, Any]]:
+    """The response entries between two byte offsets of the audit log."""
     with open(log, "rb") as f:
         f.seek(start)
         data = f.read(end - start)
     for line in data.splitlines():
         entry = json.loads(line)
-        if entry.get("type") != "response":
-            continue
+        if entry.get("type") == "response":
+            yield entry
+
+
+def audit_responses(log: Path, start: int, end: int) -> tuple[Counter[str], Counter[str]]:
+    """Response entries between two byte offsets of the audit log: by endpoint, and errors."""
+    by_path: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    for entry in audit_response_entries(log, start, end):
         ep = endpoint(entry["request"]["path"])
         by_path[ep] += 1
         if entry.get("error"):

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import secrets
 import shutil
@@ -237,13 +236,7 @@ def audit_split(log: Path, start: int, end: int, after: float | None) -> tuple[C
     whole: Counter[str] = Counter()
     steady: Counter[str] = Counter()
     errors: Counter[str] = Counter()
-    with open(log, "rb") as f:
-        f.seek(start)
-        data = f.read(end - start)
-    for line in data.splitlines():
-        entry = json.loads(line)
-        if entry.get("type") != "response":
-            continue
+    for entry in bd.audit_response_entries(log, start, end):
         path = entry["request"]["path"]
         ep = ("database/creds/* (issue)" if path.startswith("database/creds/") else
               "sys/leases/renew" if path.startswith("sys/leases/renew") else bd.endpoint(path))
