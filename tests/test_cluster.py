@@ -118,7 +118,7 @@ def test_leader_sigkill_under_daemon_on_a_standby_and_a_running_migrate(cluster,
     d = DaemonProc(cfg, daemon_env(as_server(standby_a, token), token, work), work).start(timeout=60)
 
     # migrate: many services, through the other standby, with the shipped migrator policy.
-    services = [f"svc{i:03d}" for i in range(300)]
+    services = [f"svc{i:03d}" for i in range(600)]
     files = []
     for name in services:
         f = tmp_path / "envs" / name / ".env"
@@ -126,14 +126,16 @@ def test_leader_sigkill_under_daemon_on_a_standby_and_a_running_migrate(cluster,
         f.write_text(f"NAME={name}\nSHARED=s\n")
         files.append(str(f))
     mig_env = as_server(standby_b, cluster.root_token).env(tmp_path, migrator_token(root, kv))
-    migrate = subprocess.Popen(
-        [sys.executable, "-m", "vaultsync", "migrate", "--mount", kv, "--kv-version", "2", "--concurrency", "2",
-         "--output", "json", *files],
-        env=mig_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    migrate: subprocess.Popen[str] | None = None
     try:
         with FileWatcher(work / "api.env", ("APP", "DB_USERNAME", "DB_PASSWORD")) as watcher:
             wait_for(lambda: d.count("lease renewed") >= 1, 30, "a first lease renewal before the fault")
+            # (started only now: a fast migrate would otherwise be done before the daemon's first renewal)
+            migrate = subprocess.Popen(
+                [sys.executable, "-m", "vaultsync", "migrate", "--mount", kv, "--kv-version", "2", "--concurrency", "2",
+                 "--output", "json", *files],
+                env=mig_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
             # Kill the leader while migrate is writing.
             wait_for(lambda: len(root.secrets.kv.v2.list_secrets(path="compose", mount_point=kv)["data"]["keys"]) > 30,
                      60, "migrate to be writing")
@@ -155,9 +157,10 @@ def test_leader_sigkill_under_daemon_on_a_standby_and_a_running_migrate(cluster,
         assert not watcher.bad, watcher.bad[:5]
         assert watcher.reads > 100
     finally:
-        if migrate.poll() is None:
+        if migrate is not None and migrate.poll() is None:
             migrate.kill()
         d.stop()
+    assert migrate is not None
 
     # migrate finished, or exited 1 naming each secret it did not write.
     doc = json.loads(out)

@@ -55,6 +55,16 @@ def approle(root: hvac.Client, workdir: Path, *, token_ttl: str) -> str:
     return f'[auth]\nmethod = "approle"\nmount = "{mount}"\nrole_id_file = "role_id"\nsecret_id_file = "secret_id"\n'
 
 
+def approle_web_daemon(root: hvac.Client, server, kv: str, workdir: Path, *, token_ttl: str, poll: str) -> tuple[DaemonProc, str]:
+    """A started daemon logged in with its own AppRole (:func:`approle`), rendering services.web
+    into web.env; and that AppRole's mount."""
+    auth_section = approle(root, workdir, token_ttl=token_ttl)
+    mount = auth_section.split('mount = "')[1].split('"')[0]
+    cfg = config(workdir, kv, '[services.web]\n[[services.web.destinations]]\npath = "web.env"\n', poll=poll)
+    cfg.write_text(auth_section + cfg.read_text())
+    return DaemonProc(cfg, daemon_env(server, "", workdir), workdir).start(), mount
+
+
 # --- 1. slow hooks never starve renewals ------------------------------------------------------------
 
 
@@ -152,10 +162,7 @@ def test_outage_longer_than_the_token_ttl_recovers_within_one_poll_plus_5s(fresh
     kv = "kv-" + uuid.uuid4().hex[:6]
     root.sys.enable_secrets_engine("kv", path=kv, options={"version": "2"})
     root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"N": "1"}, mount_point=kv)
-    auth_section = approle(root, workdir, token_ttl="15s")
-    cfg = config(workdir, kv, '[services.web]\n[[services.web.destinations]]\npath = "web.env"\n', poll="2s")
-    cfg.write_text(auth_section + cfg.read_text())
-    d = DaemonProc(cfg, daemon_env(fresh_vault, "", workdir), workdir).start()
+    d, _ = approle_web_daemon(root, fresh_vault, kv, workdir, token_ttl="15s", poll="2s")
     try:
         logins = d.count("logged in")
         fresh_vault.node.pause()  # hung server (SIGSTOP) for twice the token's TTL
@@ -184,10 +191,7 @@ def test_server_down_longer_than_the_token_ttl_then_sealed_recovers_within_one_p
     kv = "kv-" + uuid.uuid4().hex[:6]
     root.sys.enable_secrets_engine("kv", path=kv, options={"version": "2"})
     root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"N": "1"}, mount_point=kv)
-    auth_section = approle(root, workdir, token_ttl="15s")
-    cfg = config(workdir, kv, '[services.web]\n[[services.web.destinations]]\npath = "web.env"\n', poll="2s")
-    cfg.write_text(auth_section + cfg.read_text())
-    d = DaemonProc(cfg, daemon_env(fresh_vault, "", workdir), workdir).start()
+    d, _ = approle_web_daemon(root, fresh_vault, kv, workdir, token_ttl="15s", poll="2s")
     try:
         node.stop()  # down (connection refused) for well over the token's TTL
         wait_for(lambda: d.metric("vaultsync_vault_up") == 0, 20, "vault_up 0")
@@ -220,11 +224,7 @@ def test_server_down_longer_than_the_token_ttl_then_sealed_recovers_within_one_p
 
 def test_revoked_approle_token_is_replaced_at_the_next_403(kv2, root, vault_server, workdir):
     root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"N": "1"}, mount_point=kv2)
-    auth_section = approle(root, workdir, token_ttl="1h")
-    mount = auth_section.split('mount = "')[1].split('"')[0]
-    cfg = config(workdir, kv2, '[services.web]\n[[services.web.destinations]]\npath = "web.env"\n', poll="2s")
-    cfg.write_text(auth_section + cfg.read_text())
-    d = DaemonProc(cfg, daemon_env(vault_server, "", workdir), workdir).start()
+    d, mount = approle_web_daemon(root, vault_server, kv2, workdir, token_ttl="1h", poll="2s")
     try:
         root.sys.revoke_prefix(f"auth/{mount}/")  # every token of the daemon's AppRole, as an operator would
         revoked = time.monotonic()
@@ -240,11 +240,7 @@ def test_revoked_approle_token_is_replaced_at_the_next_403(kv2, root, vault_serv
 
 def test_revoked_approle_token_that_cannot_log_in_again_is_not_ready_and_says_why(kv2, root, vault_server, workdir):
     root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"N": "1"}, mount_point=kv2)
-    auth_section = approle(root, workdir, token_ttl="1h")
-    mount = auth_section.split('mount = "')[1].split('"')[0]
-    cfg = config(workdir, kv2, '[services.web]\n[[services.web.destinations]]\npath = "web.env"\n', poll="1s")
-    cfg.write_text(auth_section + cfg.read_text())
-    d = DaemonProc(cfg, daemon_env(vault_server, "", workdir), workdir).start()
+    d, mount = approle_web_daemon(root, vault_server, kv2, workdir, token_ttl="1h", poll="1s")
     try:
         root.auth.approle.delete_role("svc", mount_point=mount)  # its secret_id is gone with it
         root.sys.revoke_prefix(f"auth/{mount}/")
