@@ -210,7 +210,8 @@ def plan_of(p: P.PolicyPlan, *names: str) -> dict[str, tuple[str, bool]]:
     return {c.name: (c.status, c.ours) for c in p.policies if c.name in names}
 
 
-def test_plan_and_apply_against_the_server(root, tmp_path):
+def test_plan_and_apply_against_the_server(fresh_vault, tmp_path):
+    root = fresh_vault.client(fresh_vault.token)  # a server of its own: the prune below removes every policy vaultsync marked
     tag = uuid.uuid4().hex[:8]
     mine, stray, old, same = f"mine-{tag}", f"stray-{tag}", f"old-{tag}", f"same-{tag}"
     write(tmp_path, f"{mine}.hcl")

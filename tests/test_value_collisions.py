@@ -36,7 +36,7 @@ def test_render_of_a_colliding_service_fails_and_leaves_its_file(tmp_path, kv1, 
     cfg.write_text(f'[kv]\nmount = "{kv2}"\nversion = 2\n'
                    f'[services.api]\ndynamic = {{ db = "{kv1}/dbcreds" }}\n[[services.api.destinations]]\npath = "api.env"\n'
                    '[services.web]\n[[services.web.destinations]]\npath = "web.env"\n')
-    res = cli("--config", str(cfg), "render", "--output", "json")
+    res = cli("--config", str(cfg), "render", "--allow-dynamic-leases", "--output", "json")
     assert res.code == 1, res.output
     assert json.loads(res.stdout) == {"api": {str(tmp_path / "api.env"): "failure"},
                                       "web": {str(tmp_path / "web.env"): "success"}}
