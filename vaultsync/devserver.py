@@ -213,29 +213,27 @@ def _is_our_dev_server(pid: int, port: int) -> bool:
     return b"-dev" in argv and f"-dev-listen-address=127.0.0.1:{port}".encode() in argv
 
 
-def running_all() -> list[DevServer]:
-    servers = []
+def _state_files() -> list[tuple[Path, int]]:
+    """Each per-port state file with its port (a file whose name holds no port is skipped)."""
+    found = []
     for state in sorted(_state_dir().glob("server-*.json")):
         try:
-            port = int(state.stem.removeprefix("server-"))
+            found.append((state, int(state.stem.removeprefix("server-"))))
         except ValueError:
             continue
-        server = running(port)
-        if server is not None:
-            servers.append(server)
-    return servers
+    return found
+
+
+def running_all() -> list[DevServer]:
+    return [server for _, port in _state_files() if (server := running(port)) is not None]
 
 
 def down(port: int | None = None) -> list[str]:
     """Stop our dev server on ``port`` (or every one of ours); the addresses stopped. A state
     file whose process is gone or is not our server is removed, and nothing is killed for it."""
     stopped = []
-    states = [_state_file(port)] if port is not None else sorted(_state_dir().glob("server-*.json"))
-    for state in states:
-        try:
-            state_port = int(state.stem.removeprefix("server-"))
-        except ValueError:
-            continue
+    states = [(_state_file(port), port)] if port is not None else _state_files()
+    for state, state_port in states:
         server = running(state_port)
         if server is not None:
             server.stop()
