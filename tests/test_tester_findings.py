@@ -235,13 +235,20 @@ def _approle_tokens(root: hvac.Client, approle: str) -> int:
     return count
 
 
-def test_render_revokes_the_token_it_logged_in_for(kv2, root, cli, tmp_path):
+def _web_approle(kv2: str, root, cli, tmp_path, *credential_flags: str):
+    """Service web with its own AppRole (policies applied) and its credentials in tmp_path/creds:
+    the AppRole mount, the config file and the credentials folder."""
     approle = "approle-" + uuid.uuid4().hex[:8]
     root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"A": "1"}, mount_point=kv2)
     cfg = _render_config(tmp_path, kv2, f'[auth]\nmount = "{approle}"\n[services.web]\n[[services.web.destinations]]\npath = "web.env"\n')
     assert cli("--config", str(cfg), "policies", "apply", str(tmp_path)).code == 0
     creds = tmp_path / "creds"
-    assert cli("--config", str(cfg), "approle", "credentials", "web", "--out", str(creds)).code == 0
+    assert cli("--config", str(cfg), "approle", "credentials", "web", "--out", str(creds), *credential_flags).code == 0
+    return approle, cfg, creds
+
+
+def test_render_revokes_the_token_it_logged_in_for(kv2, root, cli, tmp_path):
+    approle, cfg, creds = _web_approle(kv2, root, cli, tmp_path)
     cfg.write_text(cfg.read_text().replace(
         "[auth]\n", f'[auth]\nmethod = "approle"\nrole_name = "web"\nrole_id_file = "{creds / "role_id"}"\n'
                     f'secret_id_file = "{creds / "secret_id"}"\n'))
@@ -268,12 +275,7 @@ def test_export_of_a_missing_secret_names_no_service_options(kv2, cli, tmp_path)
 def test_the_daemon_stops_on_an_already_unwrapped_secret_id(kv2, root, cli, tmp_path):
     from tests.fixtures_servers import free_port
 
-    approle = "approle-" + uuid.uuid4().hex[:8]
-    root.secrets.kv.v2.create_or_update_secret(path="compose/web", secret={"A": "1"}, mount_point=kv2)
-    cfg = _render_config(tmp_path, kv2, f'[auth]\nmount = "{approle}"\n[services.web]\n[[services.web.destinations]]\npath = "web.env"\n')
-    assert cli("--config", str(cfg), "policies", "apply", str(tmp_path)).code == 0
-    creds = tmp_path / "creds"
-    assert cli("--config", str(cfg), "approle", "credentials", "web", "--out", str(creds), "--wrap-ttl", "60s").code == 0
+    approle, cfg, creds = _web_approle(kv2, root, cli, tmp_path, "--wrap-ttl", "60s")
     root.adapter.post("/v1/sys/wrapping/unwrap", json={"token": (creds / "secret_id").read_text().strip()})  # someone else
     cfg.write_text(cfg.read_text().replace(
         "[auth]\n", f'[auth]\nmethod = "approle"\nrole_name = "web"\nrole_id_file = "{creds / "role_id"}"\n'
